@@ -1,0 +1,179 @@
+"""Image preprocessing exactly as PROTOCOL section 1 fixes it.
+
+Decode to 8-bit RGB, resize the smaller edge to ``resolution`` with Pillow's BICUBIC filter,
+scale to [0, 1], crop top-left to multiples of the patch size. ImageNet normalisation is
+not done here: it lives inside the backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from .dinov2 import PATCH_SIZE
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
+DEFAULT_RESOLUTION = 448
+
+
+def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale (never clip) an integer or float array to 8 bits."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        # 16-bit types span 0..65535; wider integer types are read by their largest value.
+        peak = int(arr.max(initial=0))
+        if arr.dtype.itemsize == 2 or 255 < peak <= 65535:
+            top = 65535.0
+        elif peak <= 255:
+            top = 255.0
+        else:
+            top = float(np.iinfo(arr.dtype).max)
+        return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    arr = arr.astype(np.float64)
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
+        raise ValueError(
+            f"float image values must lie in [0, 1], got range [{arr.min()}, {arr.max()}]"
+        )
+    return np.round(arr * 255.0).astype(np.uint8)
+
+
+def _pil_to_rgb8(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16"):
+            arr = arr.astype(np.uint16)
+        elif img.mode == "I":
+            arr = arr.astype(np.int64)
+            if arr.min(initial=0) < 0:
+                raise ValueError("32-bit integer images with negative values are not supported")
+            arr = arr.astype(np.uint32) if arr.max(initial=0) > 65535 else arr.astype(np.uint16)
+        img = Image.fromarray(_array_to_uint8(arr))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_rgb8(image: ImageInput) -> Image.Image:
+    """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled)."""
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb8(image)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_rgb8(img)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot read image file {path}: {exc}") from exc
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)  # CHW -> HWC
+        image = t.numpy()
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = arr[..., :3]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+            raise ValueError(f"expected an image array (H, W), (H, W, 1|3|4), got {arr.shape}")
+        arr = _array_to_uint8(arr)
+        img = Image.fromarray(arr)
+        return img.convert("RGB")
+    raise TypeError(f"unsupported image input of type {type(image).__name__}")
+
+
+def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) after resizing the smaller edge to ``resolution`` (torchvision's rule)."""
+    if width <= height:
+        return resolution, int(resolution * height / width)
+    return int(resolution * width / height), resolution
+
+
+def crop_to_patches(t: Tensor, patch_size: int = PATCH_SIZE) -> Tensor:
+    """Crop the last two dimensions top-left to multiples of ``patch_size``."""
+    h, w = t.shape[-2:]
+    return t[..., : h - h % patch_size, : w - w % patch_size]
+
+
+def preprocess(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
+    """A (3, H, W) float tensor in [0, 1], smaller edge ``resolution``, cropped to 14s."""
+    img = load_rgb8(image)
+    img = img.resize(resized_size(*img.size, resolution), Image.BICUBIC)
+    t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    return crop_to_patches(t)
+
+
+def preprocess_mask(mask: np.ndarray, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
+    """A boolean (H, W) mask resized (nearest) and cropped exactly like its image."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    img = Image.fromarray((mask > 0).astype(np.uint8) * 255)
+    img = img.resize(resized_size(*img.size, resolution), Image.NEAREST)
+    return crop_to_patches(torch.from_numpy(np.asarray(img) > 0))
+
+
+def patch_mask(mask: Tensor, patch_size: int = PATCH_SIZE) -> Tensor:
+    """Max-pool a preprocessed (H, W) mask to the patch grid: a patch is anomalous if any
+    of its pixels is."""
+    h, w = mask.shape[-2] // patch_size, mask.shape[-1] // patch_size
+    m = mask[..., : h * patch_size, : w * patch_size].float()
+    m = m.reshape(*m.shape[:-2], h, patch_size, w, patch_size)
+    return m.amax(dim=(-3, -1)) > 0
+
+
+def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
+    """Rotate an 8-bit RGB image by ``angle`` degrees (counter-clockwise) about (w/2, h/2),
+    keeping its size: bilinear with a reflect-101 border, as OpenCV's
+    ``warpAffine(INTER_LINEAR, BORDER_DEFAULT)`` does in the AnomalyDINO reference code.
+
+    Coordinates are quantised to 1/32 pixel like OpenCV; results agree with it to within
+    one grey level.
+    """
+    if angle % 360 == 0:
+        return img.copy()
+    src = np.asarray(img, dtype=np.float32)
+    h, w = src.shape[:2]
+    cx, cy = w / 2.0, h / 2.0
+    a = np.deg2rad(angle)
+    cos, sin = np.cos(a), np.sin(a)
+    # OpenCV's getRotationMatrix2D maps source to destination; invert it to sample.
+    fwd = np.array([[cos, sin, (1 - cos) * cx - sin * cy], [-sin, cos, sin * cx + (1 - cos) * cy]])
+    inv = np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    sx = np.round(sx * 32) / 32
+    sy = np.round(sy * 32) / 32
+    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+
+    def reflect101(i: np.ndarray, n: int) -> np.ndarray:
+        if n == 1:
+            return np.zeros_like(i)
+        period = 2 * n - 2
+        i = np.mod(i, period)
+        return np.where(i >= n, period - i, i)
+
+    xa, xb = reflect101(x0, w), reflect101(x0 + 1, w)
+    ya, yb = reflect101(y0, h), reflect101(y0 + 1, h)
+    out = (
+        src[ya, xa] * (1 - fx) * (1 - fy)
+        + src[ya, xb] * fx * (1 - fy)
+        + src[yb, xa] * (1 - fx) * fy
+        + src[yb, xb] * fx * fy
+    )
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
