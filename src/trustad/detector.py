@@ -1,0 +1,308 @@
+"""AnomalyDINO: 1-NN patch distances to a memory bank of DINOv2 patch features.
+
+The functional core (``memory_bank``, ``patch_distances``, ``image_scores``,
+``background_mask``, ``anomaly_map``) works on features, so that the evaluation protocol
+can compute each image's features once and reuse them across shots, seeds and conditions.
+``AnomalyDINO`` wraps it in a scikit-learn style estimator that takes images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import Tensor
+
+from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, preprocess, rotate_rgb8
+
+ROTATION_ANGLES = (0, 45, 90, 135, 180, 225, 270, 315)
+TOP_FRACTION = 0.01
+MAP_SIGMA = 4.0
+# Background masking (PROTOCOL section 2): threshold on the first principal component, the
+# central part of the grid that must be kept, and the fraction of it that must survive.
+MASK_THRESHOLD = 10.0
+MASK_BORDER = 0.2
+MASK_MIN_CENTRE_KEPT = 0.35
+# Elements of the (query chunk x bank) similarity matrix computed at once: bounds memory.
+SIMILARITY_BUDGET = 1 << 24
+
+
+def memory_bank(features: Tensor, keep: Tensor | None = None) -> Tensor:
+    """L2-normalised bank (M, D) from support patch features (n, h, w, D).
+
+    ``keep``: optional boolean (n, h, w) selecting the patches that enter the bank.
+    """
+    flat = features.reshape(-1, features.shape[-1])
+    if keep is not None:
+        flat = flat[keep.reshape(-1).to(flat.device)]
+    if len(flat) == 0:
+        raise ValueError("the memory bank is empty: no support patch was kept")
+    return F.normalize(flat.float(), dim=-1)
+
+
+def _nearest_indices(query: Tensor, bank: Tensor, k: int) -> Tensor:
+    """Indices (P, k) of the k most similar bank rows for each normalised query row."""
+    chunk = max(1, SIMILARITY_BUDGET // len(bank))
+    out = []
+    for start in range(0, len(query), chunk):
+        sims = query[start : start + chunk] @ bank.T
+        out.append(sims.topk(k, dim=1).indices if k > 1 else sims.argmax(dim=1, keepdim=True))
+    return torch.cat(out)
+
+
+def patch_distances(query: Tensor, bank: Tensor, knn: int = 1) -> Tensor:
+    """Cosine distances (B, h, w) of query patches (B, h, w, D) to their nearest bank rows.
+
+    s_j = 1 - max_m cos(z_j, bank_m); with ``knn`` > 1 the mean over the k nearest.
+    Exact and differentiable with respect to ``query``: neighbours are found without
+    gradient in bounded-memory chunks, then their similarities are recomputed with it.
+    """
+    shape = query.shape[:-1]
+    q = F.normalize(query.reshape(-1, query.shape[-1]).float(), dim=-1)
+    bank = bank.to(q.device)
+    k = min(knn, len(bank))
+    with torch.no_grad():
+        idx = _nearest_indices(q.detach(), bank, k)
+    sims = (q.unsqueeze(1) * bank[idx]).sum(-1)  # (P, k)
+    return (1.0 - sims.mean(dim=1)).reshape(shape)
+
+
+def top_count(n_patches: int) -> int:
+    """How many of the largest patch scores the image score averages: floor(1% N), >= 1."""
+    return max(1, int(n_patches * TOP_FRACTION))
+
+
+def image_scores(distances: Tensor, foreground: Tensor | None = None) -> Tensor:
+    """Image scores (B,): mean of the floor(0.01 N) largest patch scores (the maximum when
+    that is 0). Background patches (``foreground`` False) score 0 and still count in N."""
+    d = distances.reshape(len(distances), -1)
+    if foreground is not None:
+        d = d * foreground.reshape(len(distances), -1).to(d.device, d.dtype)
+    return d.topk(top_count(d.shape[1]), dim=1).values.mean(dim=1)
+
+
+MASK_MORPHOLOGY = ("grid", "flat")
+
+
+def background_mask(features: Tensor, morphology: str = "grid") -> Tensor:
+    """Zero-shot foreground mask (h, w) of one image from its own patch features (h, w, D).
+
+    A 1-component PCA of the image's patch features; keep patches whose component exceeds
+    10; if that keeps 35% or less of the central 60% of the grid, use the negated component;
+    then a 3x3 dilation and a 3x3 closing. ``morphology="grid"`` applies them on the patch
+    grid (PROTOCOL section 2); ``"flat"`` applies them to the mask as an (N, 1) column, i.e.
+    along the row-major token order, which is what the public AnomalyDINO code effectively
+    does (its mask is not reshaped to the grid before the morphology).
+    """
+    if morphology not in MASK_MORPHOLOGY:
+        raise ValueError(f"morphology must be one of {MASK_MORPHOLOGY}, got {morphology!r}")
+    h, w, _ = features.shape
+    x = features.reshape(h * w, -1).double().cpu()
+    x = x - x.mean(dim=0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    v = vh[0]
+    v = v * torch.sign(v[v.abs().argmax()])  # scikit-learn's sign convention
+    pc = (x @ v).numpy().reshape(h, w)
+    mask = pc > MASK_THRESHOLD
+    r0, r1 = int(h * MASK_BORDER), int(h * (1 - MASK_BORDER))
+    c0, c1 = int(w * MASK_BORDER), int(w * (1 - MASK_BORDER))
+    centre = mask[r0:r1, c0:c1]
+    if centre.sum() <= centre.size * MASK_MIN_CENTRE_KEPT:
+        mask = -pc > MASK_THRESHOLD
+    if morphology == "flat":
+        mask = mask.reshape(-1, 1)
+    kernel = np.ones((3, 3), dtype=bool)
+    # OpenCV's morphology ignores the outside of the image; so do these border values.
+    mask = ndimage.binary_dilation(mask, kernel, border_value=0)
+    mask = ndimage.binary_dilation(mask, kernel, border_value=0)  # closing = dilate, erode
+    mask = ndimage.binary_erosion(mask, kernel, border_value=1)
+    return torch.from_numpy(mask.reshape(h, w))
+
+
+def anomaly_map(distances: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Patch-score grid (h, w) -> map at ``size`` = (width, height): bilinear, then a
+    Gaussian blur with sigma 4."""
+    grid = distances.detach().float().cpu()[None, None]
+    up = F.interpolate(grid, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return ndimage.gaussian_filter(up[0, 0].numpy(), sigma=MAP_SIGMA)
+
+
+def autocast_context(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled``, else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _batches(tensors: Sequence[Tensor], batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    """Consecutive runs of equally-sized tensors, stacked, with their start index."""
+    start = 0
+    while start < len(tensors):
+        end = start + 1
+        while (
+            end < len(tensors)
+            and end - start < batch_size
+            and tensors[end].shape == tensors[start].shape
+        ):
+            end += 1
+        yield start, torch.stack(list(tensors[start:end]))
+        start = end
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: torch.nn.Module,
+    images: Sequence[Tensor],
+    batch_size: int = 8,
+    bf16: bool = False,
+) -> list[Tensor]:
+    """Patch features (h, w, D), float32 on the CPU, of preprocessed images (3, H, W)."""
+    device = next(backbone.parameters()).device
+    out: list[Tensor] = []
+    for _, batch in _batches(images, batch_size):
+        with autocast_context(device, bf16):
+            feats = backbone.patch_features(batch.to(device))
+        out.extend(feats.float().cpu())
+    return out
+
+
+class AnomalyDINO:
+    """The AnomalyDINO few-shot detector.
+
+    >>> det = AnomalyDINO(backbone).fit(["good1.png"])
+    >>> det.score(["test.png"]), det.anomaly_maps(["test.png"])
+
+    Parameters follow PROTOCOL section 2: ``rotate`` adds the 8 rotations of every support
+    image to the bank; ``mask_test`` / ``mask_support`` apply zero-shot background masking;
+    ``knn`` averages the k nearest bank patches. ``bf16`` runs the backbone under bfloat16
+    autocast (faster on CPUs and GPUs that support it; scores change slightly).
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        *,
+        resolution: int = DEFAULT_RESOLUTION,
+        rotate: bool = True,
+        mask_test: bool = False,
+        mask_support: bool = False,
+        mask_morphology: str = "grid",
+        knn: int = 1,
+        batch_size: int = 8,
+        bf16: bool = False,
+    ) -> None:
+        if knn < 1:
+            raise ValueError(f"knn must be >= 1, got {knn}")
+        self.backbone = backbone
+        self.resolution = resolution
+        self.rotate = rotate
+        self.mask_test = mask_test
+        self.mask_support = mask_support
+        self.mask_morphology = mask_morphology
+        self.knn = knn
+        self.batch_size = batch_size
+        self.bf16 = bf16
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    # -- features ---------------------------------------------------------------------
+    def support_views(self, image: ImageInput) -> list[Tensor]:
+        """The preprocessed views of one support image: itself, and its rotations."""
+        rgb = load_rgb8(image)
+        angles = ROTATION_ANGLES if self.rotate else (0,)
+        return [preprocess(rotate_rgb8(rgb, a), self.resolution) for a in angles]
+
+    def features(self, images: Sequence[Tensor]) -> list[Tensor]:
+        return extract_features(self.backbone, images, self.batch_size, self.bf16)
+
+    def fit_features(self, support_features: Sequence[Tensor]) -> AnomalyDINO:
+        """Build the bank from precomputed support patch features (each (h, w, D))."""
+        if len(support_features) == 0:
+            raise ValueError("fit needs at least one support image")
+        keep = None
+        if self.mask_support:
+            keep = torch.cat([self._mask(f).reshape(-1) for f in support_features])
+        flat = torch.cat([f.reshape(-1, f.shape[-1]) for f in support_features])
+        self.memory_bank_ = memory_bank(flat, keep).to(self.device)
+        return self
+
+    def fit(self, support: Sequence[ImageInput]) -> AnomalyDINO:
+        """Build the memory bank from a few normal images (paths, PIL images or arrays)."""
+        if isinstance(support, (str, bytes)) or not isinstance(support, Sequence):
+            support = [support]
+        views = [v for img in support for v in self.support_views(img)]
+        return self.fit_features(self.features(views))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "memory_bank_"):
+            raise RuntimeError("this AnomalyDINO is not fitted yet: call fit(support) first")
+
+    # -- scoring from features --------------------------------------------------------
+    def _mask(self, features: Tensor) -> Tensor:
+        return background_mask(features, self.mask_morphology)
+
+    def foreground(self, features: Sequence[Tensor]) -> list[Tensor] | None:
+        """Per-image foreground masks when ``mask_test`` is on, else None."""
+        if not self.mask_test:
+            return None
+        return [self._mask(f) for f in features]
+
+    def distances_from_features(
+        self, features: Sequence[Tensor], foreground: Sequence[Tensor] | None = None
+    ) -> list[Tensor]:
+        """Masked patch-distance grids (h, w) for precomputed test features; ``foreground``
+        passes masks computed earlier (else they are computed when ``mask_test`` is on)."""
+        self._check_fitted()
+        masks = self.foreground(features) if foreground is None else foreground
+        out = []
+        for i, f in enumerate(features):
+            with torch.no_grad():
+                d = patch_distances(f[None].to(self.device), self.memory_bank_, self.knn)[0]
+            if masks is not None:
+                d = d * masks[i].to(d.device)
+            out.append(d.cpu())
+        return out
+
+    def scores_from_distances(self, distances: Sequence[Tensor]) -> np.ndarray:
+        return np.array([float(image_scores(d[None])[0]) for d in distances])
+
+    # -- public API on images ---------------------------------------------------------
+    def _preprocess_all(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        rgbs = [load_rgb8(img) for img in images]
+        return [preprocess(rgb, self.resolution) for rgb in rgbs], [rgb.size for rgb in rgbs]
+
+    def score(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Image anomaly scores (higher is more anomalous)."""
+        self._check_fitted()
+        tensors, _ = self._preprocess_all(images)
+        return self.scores_from_distances(self.distances_from_features(self.features(tensors)))
+
+    def anomaly_maps(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Anomaly maps at each image's original size (bilinear, Gaussian sigma 4)."""
+        self._check_fitted()
+        tensors, sizes = self._preprocess_all(images)
+        dists = self.distances_from_features(self.features(tensors))
+        return [anomaly_map(d, size) for d, size in zip(dists, sizes)]
+
+    def score_pixels(self, x: Tensor, foreground: Tensor | None = None) -> Tensor:
+        """Differentiable image scores (B,) of preprocessed images x (B, 3, H, W) in [0, 1].
+
+        With ``mask_test`` and no ``foreground`` given, each image's mask is computed from
+        its own (detached) features, as the detector does at test time.
+        """
+        self._check_fitted()
+        with autocast_context(self.device, self.bf16):
+            feats = self.backbone.patch_features(x.to(self.device))
+        feats = feats.float()
+        if foreground is None and self.mask_test:
+            foreground = torch.stack([self._mask(f.detach()) for f in feats])
+        dist = patch_distances(feats, self.memory_bank_, self.knn)
+        return image_scores(dist, foreground)

@@ -1,0 +1,609 @@
+"""The evaluation grid: categories x shots x seeds x conditions (PROTOCOL sections 2-6).
+
+Features are the cost, so each test image's clean features are computed once per category,
+each distinct support image's (rotated) views once, and the adversarial features of an
+attack that does not depend on the memory bank (noise, fgsm, pgd) once per seed and eps,
+then reused across shots. Score attacks depend on the bank and are computed per shots and
+seed.
+
+Results are written as each unit of work (category, seed, condition, eps; all shots)
+completes; a run started again with the same output folder and settings skips the units
+already written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import calibration as cal
+from . import metrics
+from .attacks import ATTACKS, AttackSettings, ProbeSettings, probe_objective, run_attack
+from .attacks import linf as linf_distance
+from .attacks import psnr as psnr_distance
+from .attacks import score_loss, train_probe
+from .backbone.preprocess import patch_mask, preprocess, preprocess_mask
+from .data import CategoryData, image_size, list_categories, load_category, load_mask
+from .data import support_paths as select_support
+from .data.catalog import category_defaults
+from .detector import (
+    AnomalyDINO,
+    _batches,
+    anomaly_map,
+    extract_features,
+)
+
+CLEAN = "clean"
+DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
+PIXEL_COLUMNS = ("pixel_auroc", "aupro")
+CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
+FLAG_METRICS = ("flag_auroc", "flag_tpr")
+KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
+SCORE_COLUMNS = (*KEY_COLUMNS, "image", "label", "split", "score")
+
+
+def result_columns() -> list[str]:
+    """results.csv columns: the key, counts, detection, pixel, calibration, flagging."""
+    cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
+    cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
+    cols += [f"{m}_{c}" for m in FLAG_METRICS for c in ("uncal", "platt")]
+    cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note"]
+    return cols
+
+
+@dataclass
+class EvaluationSettings:
+    """Everything that defines a run; written to run.json and checked on resume."""
+
+    dataset: str
+    root: str
+    categories: list[str] | None = None
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: int = 3
+    resolution: int = 448
+    backbone: str = "dinov2_vits14"
+    weights: str | None = None
+    preprocessing: str = "agnostic"
+    mask_test: bool | None = None  # None: the category table's default
+    mask_morphology: str = "grid"
+    knn: int = 1
+    batch_size: int = 8
+    bf16: bool = False
+    attacks: list[str] = field(default_factory=lambda: ["none"])
+    eps: list[float] = field(default_factory=lambda: [8 / 255])
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
+    random_start: bool = True
+    round_8bit: bool = False
+    attack_bf16: bool = False
+    probe_steps: int = 200
+    probe_lr: float = 1e-3
+    probe_train_on: str = "test"
+    calibration_fraction: float = 0.2
+    flag_rate: float = 0.05
+    pixel_metrics: bool = True
+    save_examples: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
+        if not self.shots or any(k < 1 for k in self.shots):
+            raise ValueError(f"shots must be positive integers, got {self.shots}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if any(not 0 <= e <= 1 for e in self.eps):
+            raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
+        if self.resolution % 14:
+            raise ValueError(f"resolution must be a multiple of 14, got {self.resolution}")
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(f"calibration fraction must lie in (0, 1), got {self.calibration_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationSettings:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def conditions(self) -> list[tuple[str, float]]:
+        """(condition name, eps) in run order: clean first."""
+        out = [(CLEAN, 0.0)]
+        for attack in self.attacks:
+            if attack != "none":
+                out += [(attack, float(e)) for e in self.eps]
+        return out
+
+    def attack(self, name: str, eps: float) -> AttackSettings:
+        return AttackSettings(
+            name=name,
+            eps=eps,
+            steps=self.pgd_steps,
+            step_size=self.pgd_step_size,
+            random_start=self.random_start,
+            round_8bit=self.round_8bit,
+        )
+
+
+# Settings that may differ when a run is resumed: they do not change any result.
+_RESUME_FREE = {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds"}
+
+
+class Progress:
+    """Minimal progress lines on stderr; rewrites one line on a terminal."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if done is not None and total:
+            message = f"{message} {done}/{total}"
+        if self.tty and done is not None and done < (total or 0):
+            print(f"\r{message}\033[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"\r{message}\033[K" if self.tty else message, file=sys.stderr, flush=True)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return (
+        str(row["dataset"]),
+        str(row["category"]),
+        int(row["shots"]),
+        int(row["seed"]),
+        str(row["condition"]),
+        round(float(row["eps"]), 8),
+    )
+
+
+class ResultStore:
+    """results.csv, scores.csv and run.json in one folder; appends, resumes."""
+
+    def __init__(self, out: str | Path, settings: EvaluationSettings) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results_path = self.out / "results.csv"
+        self.scores_path = self.out / "scores.csv"
+        self.settings_path = self.out / "run.json"
+        self._check_settings(settings)
+        self.rows = self._read(self.results_path)
+        done = {_key(r) for r in self.rows}
+        # Score rows without their results rows belong to an interrupted unit: drop them.
+        scores = [r for r in self._read(self.scores_path) if _key(r) in done]
+        self.scores = scores
+        self._rewrite(self.scores_path, SCORE_COLUMNS, scores)
+        self._rewrite(self.results_path, result_columns(), self.rows)
+
+    def _check_settings(self, settings: EvaluationSettings) -> None:
+        new = settings.to_dict()
+        if self.settings_path.exists():
+            try:
+                old = json.loads(self.settings_path.read_text())["settings"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
+            changed = sorted(
+                k for k in new if k not in _RESUME_FREE and old.get(k, new[k]) != new[k]
+            )
+            if changed:
+                raise ValueError(
+                    f"{self.out} holds a run with other settings ({', '.join(changed)}); "
+                    "use another --out folder or the same settings to resume"
+                )
+        self.settings_path.write_text(json.dumps({"settings": new}, indent=2))
+
+    def record_provenance(self, info: dict[str, Any]) -> None:
+        data = json.loads(self.settings_path.read_text())
+        data.update(info)
+        self.settings_path.write_text(json.dumps(data, indent=2, default=str))
+
+    @staticmethod
+    def _read(path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    @staticmethod
+    def _rewrite(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
+        tmp.replace(path)
+
+    @staticmethod
+    def _append(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
+
+    def done(self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float) -> bool:
+        key = (dataset, category, shots, seed, cond, round(eps, 8))
+        return key in {_key(r) for r in self.rows}
+
+    def add(self, results: list[dict[str, Any]], scores: list[dict[str, Any]]) -> None:
+        """Write one unit: its scores first, then its results (which mark it done)."""
+        self._append(self.scores_path, SCORE_COLUMNS, scores)
+        self._append(self.results_path, result_columns(), results)
+        self.scores.extend(scores)
+        self.rows.extend(results)
+
+    def clean_scores(self, dataset: str, category: str, shots: int, seed: int) -> dict[str, float]:
+        return {
+            r["image"]: float(r["score"])
+            for r in self.scores
+            if _key(r) == (dataset, category, shots, seed, CLEAN, 0.0)
+        }
+
+
+@dataclass
+class CategoryState:
+    """What is computed once per category and shared by every unit of work."""
+
+    data: CategoryData
+    images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
+    sizes: list[tuple[int, int]]  # original (width, height)
+    labels: np.ndarray
+    masks: list[np.ndarray] | None  # ground-truth masks at the original size
+    clean_features: list[Tensor] | None = None
+    support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
+    probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Evaluation:
+    """Runs the grid for one ``EvaluationSettings`` into a ``ResultStore``."""
+
+    def __init__(
+        self,
+        settings: EvaluationSettings,
+        backbone: torch.nn.Module,
+        out: str | Path,
+        progress: bool = True,
+    ) -> None:
+        self.s = settings
+        self.backbone = backbone
+        self.store = ResultStore(out, settings)
+        self.log = Progress(progress)
+        self.backbone_images = 0  # images passed through the backbone without gradient
+
+    # -- features ---------------------------------------------------------------------
+    def _features(self, images: Sequence[Tensor]) -> list[Tensor]:
+        self.backbone_images += len(images)
+        return extract_features(self.backbone, images, self.s.batch_size, self.s.bf16)
+
+    def _detector(self, rotate: bool, mask_test: bool) -> AnomalyDINO:
+        return AnomalyDINO(
+            self.backbone,
+            resolution=self.s.resolution,
+            rotate=rotate,
+            mask_test=mask_test,
+            mask_morphology=self.s.mask_morphology,
+            knn=self.s.knn,
+            batch_size=self.s.batch_size,
+            bf16=self.s.attack_bf16,
+        )
+
+    def _support_features(self, st: CategoryState, det: AnomalyDINO, paths: list[Path]) -> None:
+        missing = [p for p in paths if p not in st.support_features]
+        for i, path in enumerate(missing):
+            self.log(f"[{st.data.category}] support features", i, len(missing))
+            st.support_features[path] = self._features(det.support_views(path))
+        if missing:
+            self.log(f"[{st.data.category}] support features", len(missing), len(missing))
+
+    # -- per category -----------------------------------------------------------------
+    def _load(self, category: str) -> CategoryState:
+        data = load_category(self.s.dataset, self.s.root, category)
+        self.log(f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images")
+        images, sizes = [], []
+        for i, sample in enumerate(data.test):
+            self.log(f"[{category}] preprocessing", i, len(data.test))
+            images.append(preprocess(sample.path, self.s.resolution))
+            sizes.append(image_size(sample.path))
+        labels = np.array([s.label for s in data.test])
+        masks = None
+        if data.has_masks:
+            masks = [load_mask(s, size) for s, size in zip(data.test, sizes)]
+        return CategoryState(data, images, sizes, labels, masks)
+
+    def _probe_labels(self, st: CategoryState) -> list[Tensor]:
+        """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
+        out = []
+        for i, x in enumerate(st.images):
+            grid = (x.shape[1] // 14, x.shape[2] // 14)
+            if st.masks is not None:
+                m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
+            else:
+                m = torch.full(grid, bool(st.labels[i]))
+            out.append(m.float())
+        return out
+
+    def _probe(self, st: CategoryState, seed: int, cal_idx: np.ndarray) -> torch.nn.Linear:
+        if seed not in st.probes:
+            train = range(len(st.images)) if self.s.probe_train_on == "test" else cal_idx
+            labels = self._probe_labels(st)
+            feats = torch.cat([st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train])
+            targets = torch.cat([labels[i].reshape(-1) for i in train])
+            settings = ProbeSettings(
+                steps=self.s.probe_steps, lr=self.s.probe_lr, seed=seed, train_on=self.s.probe_train_on
+            )
+            device = next(self.backbone.parameters()).device
+            probe, history = train_probe(feats[None, None].to(device), targets[None, None].to(device), settings)
+            st.probes[seed] = probe
+            if st.masks is None and "image-label probe" not in " ".join(st.notes):
+                st.notes.append("image-label probe: no masks, every patch takes its image's label")
+            self.log(f"[{st.data.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}")
+        return st.probes[seed]
+
+    def _attack_images(
+        self,
+        st: CategoryState,
+        attack: AttackSettings,
+        objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None],
+        seed: int,
+    ) -> list[Tensor]:
+        """Attacked versions of every test image, batch by batch."""
+        device = next(self.backbone.parameters()).device
+        gen = torch.Generator(device=device)
+        gen.manual_seed(zlib.crc32(f"{st.data.category}/{attack.name}/{attack.eps}/{seed}".encode()))
+        out: list[Tensor] = []
+        for start, batch in _batches(st.images, self.s.batch_size):
+            idx = list(range(start, start + len(batch)))
+            self.log(f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}", start, len(st.images))
+            adv = run_attack(
+                batch.to(device),
+                attack,
+                objective=objective_for(idx),
+                generator=gen,
+                autocast=self.s.attack_bf16,
+            )
+            out.extend(adv.detach().cpu())
+        self.log(f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}", len(out), len(out))
+        return out
+
+    def run(self) -> list[dict[str, Any]]:
+        s = self.s
+        categories = list_categories(s.dataset, s.root, s.categories)
+        t0 = time.time()
+        for category in categories:
+            self._run_category(category)
+        self.log(f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes without gradient")
+        return self.store.rows
+
+    def _pending(self, category: str) -> list[tuple[int, str, float, list[int]]]:
+        """Units (seed, condition, eps, shots still to do) of this category."""
+        out = []
+        for seed in range(self.s.seeds):
+            for cond, eps in self.s.conditions():
+                shots = [k for k in self.s.shots if not self.store.done(self.s.dataset, category, k, seed, cond, eps)]
+                if shots:
+                    out.append((seed, cond, eps, shots))
+        return out
+
+    def _run_category(self, category: str) -> None:
+        s = self.s
+        pending = self._pending(category)
+        if not pending:
+            self.log(f"[{category}] already complete, skipped")
+            return
+        st = self._load(category)
+        defaults = category_defaults(s.dataset, category, s.preprocessing)
+        mask_test = defaults.mask_test if s.mask_test is None else s.mask_test
+        det = self._detector(defaults.rotate, mask_test)
+        st.clean_features = self._features_logged(st, st.images, "clean features")
+        clean_fg = det.foreground(st.clean_features)
+        for seed, cond, eps, shots in pending:
+            usable = []
+            for k in shots:
+                try:
+                    select_support(st.data.train, k, seed)
+                    usable.append(k)
+                except ValueError as exc:
+                    self.log(f"[{category}] skipped {k} shots, seed {seed}: {exc}")
+            if not usable:
+                continue
+            split = self._split(st, seed)
+            if cond == CLEAN:
+                per_shot = {k: (st.clean_features, clean_fg, None) for k in usable}
+            else:
+                per_shot = self._adversarial(st, det, cond, eps, seed, usable, split[0])
+            results, scores = [], []
+            for k in usable:
+                feats, fg, adv_images = per_shot[k]
+                self._fit(det, st, k, seed)
+                dists = det.distances_from_features(feats, fg)
+                image_sc = det.scores_from_distances(dists)
+                row, score_rows = self._unit_rows(st, k, seed, cond, eps, image_sc, dists, split, adv_images)
+                results.append(row)
+                scores.extend(score_rows)
+                if s.save_examples and adv_images is not None and k == usable[0] and seed == 0:
+                    self._save_examples(st, cond, eps, adv_images, dists)
+            self.store.add(results, scores)
+
+    def _features_logged(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
+        out: list[Tensor] = []
+        for start, batch in _batches(images, self.s.batch_size):
+            self.log(f"[{st.data.category}] {what}", start, len(images))
+            out.extend(self._features(list(batch)))
+        self.log(f"[{st.data.category}] {what}", len(out), len(images))
+        return out
+
+    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+        paths = select_support(st.data.train, shots, seed)
+        self._support_features(st, det, paths)
+        det.fit_features([f for p in paths for f in st.support_features[p]])
+
+    def _split(self, st: CategoryState, seed: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+        try:
+            c, e = cal.calibration_split(st.labels, self.s.calibration_fraction, seed)
+            return c, e, None
+        except cal.CalibrationSplitError as exc:
+            note = f"no calibration split ({exc}); calibration metrics use the uncalibrated scores"
+            return np.array([], dtype=int), np.arange(len(st.labels)), note
+
+    def _adversarial(
+        self,
+        st: CategoryState,
+        det: AnomalyDINO,
+        cond: str,
+        eps: float,
+        seed: int,
+        shots: list[int],
+        cal_idx: np.ndarray,
+    ) -> dict[int, tuple[list[Tensor], list[Tensor] | None, list[Tensor]]]:
+        attack = self.s.attack(cond, eps)
+        if attack.targets_score:
+            self.log(f"[{st.data.category}] {cond} depends on the memory bank: computed per shots and seed")
+            out = {}
+            for k in shots:
+                self._fit(det, st, k, seed)
+                labels = torch.as_tensor(st.labels, dtype=torch.float32)
+
+                def objective(idx: list[int], labels: Tensor = labels) -> Callable[[Tensor], Tensor]:
+                    return score_loss(det, labels[idx].to(det.device))
+
+                adv = self._attack_images(st, attack, objective, seed)
+                feats = self._features_logged(st, adv, f"{cond} features")
+                out[k] = (feats, det.foreground(feats), adv)
+            return out
+        objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
+        if attack.needs_objective:
+            probe = self._probe(st, seed, cal_idx)
+            labels = self._probe_labels(st)
+            device = next(self.backbone.parameters()).device
+
+            def objective_for(idx: list[int]) -> Callable[[Tensor], Tensor]:
+                m = torch.stack([labels[i] for i in idx]).to(device)
+                return probe_objective(self.backbone, probe, m)
+        else:
+
+            def objective_for(idx: list[int]) -> None:
+                return None
+
+        adv = self._attack_images(st, attack, objective_for, seed)
+        feats = self._features_logged(st, adv, f"{cond} features")
+        return {k: (feats, det.foreground(feats), adv) for k in shots}
+
+    # -- metrics ----------------------------------------------------------------------
+    def _unit_rows(
+        self,
+        st: CategoryState,
+        shots: int,
+        seed: int,
+        cond: str,
+        eps: float,
+        scores: np.ndarray,
+        dists: list[Tensor],
+        split: tuple[np.ndarray, np.ndarray, str | None],
+        adv_images: list[Tensor] | None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        s, data = self.s, st.data
+        key = dict(dataset=s.dataset, category=data.category, shots=shots, seed=seed, condition=cond, eps=eps)
+        cal_idx, eval_idx, split_note = split
+        in_cal = np.zeros(len(scores), dtype=bool)
+        in_cal[cal_idx] = True
+        score_rows = [
+            dict(
+                key,
+                image=sample.image_id,
+                label=int(st.labels[i]),
+                split="calibration" if in_cal[i] else "evaluation",
+                score=float(scores[i]),
+            )
+            for i, sample in enumerate(data.test)
+        ]
+        row: dict[str, Any] = dict(key, n_images=len(scores), n_anomalous=int(st.labels.sum()))
+        row.update(metrics.image_metrics(st.labels, scores))
+        if s.pixel_metrics and st.masks is not None:
+            maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
+            row["pixel_auroc"] = metrics.pixel_auroc(st.masks, maps)
+            row["aupro"] = metrics.aupro(st.masks, maps)
+        notes = list(st.notes) + ([split_note] if split_note else [])
+        row.update(self._calibration(st, shots, seed, cond, scores, cal_idx, eval_idx, notes))
+        if adv_images is not None:
+            pairs = [(a[None], b[None]) for a, b in zip(st.images, adv_images)]
+            row["linf"] = float(np.mean([float(linf_distance(a, b)[0]) for a, b in pairs]))
+            row["psnr"] = float(np.mean([float(psnr_distance(a, b)[0]) for a, b in pairs]))
+        row["n_calibration"], row["n_evaluation"] = len(cal_idx), len(eval_idx)
+        row["note"] = "; ".join(dict.fromkeys(notes))
+        return row, score_rows
+
+    def _calibration(
+        self,
+        st: CategoryState,
+        shots: int,
+        seed: int,
+        cond: str,
+        scores: np.ndarray,
+        cal_idx: np.ndarray,
+        eval_idx: np.ndarray,
+        notes: list[str],
+    ) -> dict[str, float]:
+        """Calibrators fitted on the clean calibration scores of this (category, shots, seed);
+        metrics on this condition's evaluation part; flagging against clean evaluation."""
+        data = st.data
+        clean = self.store.clean_scores(self.s.dataset, data.category, shots, seed)
+        if cond == CLEAN:
+            clean_scores = scores
+        else:
+            clean_scores = np.array([clean[t.image_id] for t in data.test])
+        y = st.labels
+        out: dict[str, float] = {}
+        for name in cal.CALIBRATORS:
+            if len(cal_idx):
+                calibrator, note = cal.fit_calibrator_safely(name, clean_scores[cal_idx], y[cal_idx])
+            else:
+                calibrator, note = cal.make_calibrator("uncal"), None
+            if note:
+                notes.append(f"{name}: {note}")
+            p = calibrator.predict_proba(scores[eval_idx])
+            yy = y[eval_idx]
+            out[f"ece_{name}"] = cal.ece(p, yy)
+            out[f"classwise_ece_{name}"] = cal.classwise_ece(p, yy)
+            out[f"nll_{name}"] = cal.nll(p, yy)
+            out[f"brier_{name}"] = cal.brier(p, yy)
+            out[f"entropy_{name}"] = float(np.mean(cal.entropy(p)))
+            if cond != CLEAN and name in ("uncal", "platt"):
+                h_clean = cal.entropy(calibrator.predict_proba(clean_scores[eval_idx]))
+                h_adv = cal.entropy(p)
+                out[f"flag_auroc_{name}"] = cal.flagging_auroc(h_clean, h_adv)
+                out[f"flag_tpr_{name}"] = cal.tpr_at_fpr(h_clean, h_adv, self.s.flag_rate)
+        return out
+
+    def _save_examples(self, st: CategoryState, cond: str, eps: float, adv: list[Tensor], dists: list[Tensor]) -> None:
+        from .report import save_map_png
+
+        folder = self.store.out / "examples" / st.data.category
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(min(self.s.save_examples, len(adv))):
+            stem = Path(st.data.test[i].image_id).with_suffix("").as_posix().replace("/", "_")
+            tag = f"{stem}_{cond}_eps{eps * 255:.3g}"
+            img = (adv[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            from PIL import Image
+
+            Image.fromarray(img).save(folder / f"{tag}.png")
+            save_map_png(anomaly_map(dists[i], st.sizes[i]), folder / f"{tag}_map.png")
+

@@ -1,0 +1,124 @@
+"""The evaluation grid end to end on a tiny ViT and a small synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from trustad import metrics
+from trustad.protocol import Evaluation, EvaluationSettings, result_columns
+from trustad.report import aggregate, read_results, summary
+
+from .conftest import make_tiny_vit
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from trustad.data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(
+        root, categories=("brick", "gravel"), n_train=4, n_test_good=4, n_test_defect=6, size=64, seed=0
+    )
+    return root
+
+
+def _settings(root, **kw) -> EvaluationSettings:
+    base = dict(
+        dataset="folder",
+        root=str(root),
+        shots=[1, 2],
+        seeds=2,
+        resolution=56,
+        probe_steps=20,
+        batch_size=4,
+    )
+    base.update(kw)
+    return EvaluationSettings(**base)
+
+
+def _read(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_clean_grid_reuses_features_and_resumes(dataset, tmp_path):
+    settings = _settings(dataset)
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    rows = run.run()
+    # 2 categories x 2 shots x 2 seeds, clean only.
+    assert len(rows) == 8
+    # One backbone pass per distinct image: 10 test images and the 8 rotated views of the
+    # distinct support images (seed 0: img0 | img0,img1; seed 1: img1 | img2,img3) per category.
+    assert run.backbone_images == 2 * (10 + 4 * 8)
+    results = _read(tmp_path / "results.csv")
+    assert list(results[0]) == result_columns()
+    scores = _read(tmp_path / "scores.csv")
+    assert len(scores) == 8 * 10
+    assert {r["split"] for r in scores} == {"calibration", "evaluation"}
+    # Every metric can be recomputed from scores.csv.
+    r0 = results[0]
+    mine = [s for s in scores if all(s[k] == r0[k] for k in ("category", "shots", "seed", "condition"))]
+    labels = np.array([int(s["label"]) for s in mine])
+    values = np.array([float(s["score"]) for s in mine])
+    assert float(r0["auroc"]) == pytest.approx(metrics.auroc(labels, values), abs=1e-5)
+    for col in ("auroc", "ap", "f1_max", "g_mean", "pixel_auroc", "aupro", "ece_platt", "nll_uncal"):
+        assert 0.0 <= float(r0[col]) <= max(1.0, float(r0[col]))  # defined, finite
+    # A second run with the same folder computes nothing.
+    again = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    again.run()
+    assert again.backbone_images == 0
+    assert len(_read(tmp_path / "results.csv")) == 8
+
+
+def test_attacks_add_conditions(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1, attacks=["noise", "fgsm", "score-fgsm"], eps=[8 / 255, 16 / 255])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    rows = run.run()
+    conds = {(r["condition"], round(float(r["eps"]) * 255)) for r in rows}
+    assert conds == {("clean", 0), ("noise", 8), ("noise", 16), ("fgsm", 8), ("fgsm", 16), ("score-fgsm", 8), ("score-fgsm", 16)}
+    for r in rows:
+        if r["condition"] != "clean":
+            assert float(r["linf"]) <= float(r["eps"]) + 1e-6
+            assert r["flag_auroc_platt"] != ""
+    text = summary(read_results(tmp_path))
+    assert "clean / fgsm eps=8/255" in text
+
+
+def test_resume_rejects_other_settings(dataset, tmp_path):
+    Evaluation(_settings(dataset, categories=["brick"], seeds=1, shots=[1]), make_tiny_vit(), tmp_path, progress=False).run()
+    with pytest.raises(ValueError, match="other settings"):
+        Evaluation(_settings(dataset, resolution=42), make_tiny_vit(), tmp_path, progress=False)
+
+
+def test_interrupted_unit_is_redone(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1)
+    Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    results = tmp_path / "results.csv"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:-1]) + "\n")  # lose the last unit's result row
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    run.run()
+    assert len(_read(results)) == 2
+    assert len(_read(tmp_path / "scores.csv")) == 2 * 10  # stale score rows were dropped
+
+
+def test_aggregate_means_categories_then_seeds():
+    rows = [
+        dict(dataset="d", shots="1", condition="clean", eps="0", seed="0", category="a", auroc="1.0"),
+        dict(dataset="d", shots="1", condition="clean", eps="0", seed="0", category="b", auroc="0.5"),
+        dict(dataset="d", shots="1", condition="clean", eps="0", seed="1", category="a", auroc="0.25"),
+        dict(dataset="d", shots="1", condition="clean", eps="0", seed="1", category="b", auroc=""),
+    ]
+    mean, std = aggregate(rows, "auroc")[("d", 1, "clean", 0.0)]
+    assert mean == pytest.approx((0.75 + 0.25) / 2)
+    assert std == pytest.approx(0.25)
+
+
+def test_bad_settings_are_rejected(dataset):
+    with pytest.raises(ValueError, match="unknown attack"):
+        _settings(dataset, attacks=["cw"])
+    with pytest.raises(ValueError, match="multiple of 14"):
+        _settings(dataset, resolution=50)
