@@ -41,7 +41,8 @@ def memory_bank(features: Tensor, keep: Tensor | None = None) -> Tensor:
         flat = flat[keep.reshape(-1).to(flat.device)]
     if len(flat) == 0:
         raise ValueError("the memory bank is empty: no support patch was kept")
-    return F.normalize(flat.float(), dim=-1)
+    # At least float32 (features may come from bfloat16 autocast); float64 stays float64.
+    return F.normalize(flat.to(torch.promote_types(flat.dtype, torch.float32)), dim=-1)
 
 
 def _nearest_indices(query: Tensor, bank: Tensor, k: int) -> Tensor:
@@ -62,7 +63,7 @@ def patch_distances(query: Tensor, bank: Tensor, knn: int = 1) -> Tensor:
     gradient in bounded-memory chunks, then their similarities are recomputed with it.
     """
     shape = query.shape[:-1]
-    q = F.normalize(query.reshape(-1, query.shape[-1]).float(), dim=-1)
+    q = F.normalize(query.reshape(-1, query.shape[-1]).to(bank.dtype), dim=-1)
     bank = bank.to(q.device)
     k = min(knn, len(bank))
     with torch.no_grad():
