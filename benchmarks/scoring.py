@@ -46,7 +46,9 @@ def throughput(backbone, root, images: int, repeats: int) -> None:
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
         name = "bf16" if bf16 else "fp32"
-        print(f"scoring 448 px {name}: {len(tests) / med:.2f} images/s (median of {repeats}, {len(tests)} images)")
+        print(
+            f"scoring 448 px {name}: {len(tests) / med:.2f} images/s (median of {repeats}, {len(tests)} images)"
+        )
 
 
 def grid_passes(backbone, root, resolution: int) -> None:
@@ -65,7 +67,12 @@ def grid_passes(backbone, root, resolution: int) -> None:
         run.run()
         elapsed = time.perf_counter() - t0
     data = load_category("folder", root, "brick")
-    distinct_support = {p for k in settings.shots for s in range(settings.seeds) for p in support_paths(data.train, k, s)}
+    distinct_support = {
+        p
+        for k in settings.shots
+        for s in range(settings.seeds)
+        for p in support_paths(data.train, k, s)
+    }
     distinct = len(data.test) + 8 * len(distinct_support)
     naive = len(settings.shots) * settings.seeds * (len(data.test) + 0) + 8 * sum(
         k for k in settings.shots for _ in range(settings.seeds)
@@ -78,7 +85,9 @@ def grid_passes(backbone, root, resolution: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -88,7 +97,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     backbone = backbone_or_random()
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_synthetic_dataset(tmp, categories=("brick",), n_train=48, n_test_good=8, n_test_defect=8)
+        root = make_synthetic_dataset(
+            tmp, categories=("brick",), n_train=48, n_test_good=8, n_test_defect=8
+        )
         throughput(backbone, root, args.images, args.repeats)
         grid_passes(backbone, root, args.grid_resolution)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_vit
 from scipy import ndimage
 
 from trustad.backbone import preprocess
@@ -17,8 +18,6 @@ from trustad.detector import (
     patch_distances,
     top_count,
 )
-
-from .conftest import make_tiny_vit
 
 
 def _numpy_distances(query: np.ndarray, support: np.ndarray, k: int = 1) -> np.ndarray:
@@ -77,7 +76,9 @@ def test_image_score_rounding_and_masking():
     # Masked patches score 0 and still count in N.
     fg = np.ones(1024, dtype=bool)
     fg[np.argsort(d)[-5:]] = False  # hide the 5 largest
-    got = float(image_scores(torch.tensor(d).reshape(1, 32, 32), torch.tensor(fg).reshape(1, 32, 32))[0])
+    got = float(
+        image_scores(torch.tensor(d).reshape(1, 32, 32), torch.tensor(fg).reshape(1, 32, 32))[0]
+    )
     assert got == pytest.approx(np.sort(d * fg)[-10:].mean())
 
 
@@ -118,7 +119,9 @@ def test_background_mask(flip):
     got = background_mask(torch.tensor(feats)).numpy()
     np.testing.assert_array_equal(got, _numpy_mask(feats))
     assert got[3:9, 4:10].all()
-    np.testing.assert_array_equal(background_mask(torch.tensor(feats), "flat").numpy(), _numpy_mask(feats, flat=True))
+    np.testing.assert_array_equal(
+        background_mask(torch.tensor(feats), "flat").numpy(), _numpy_mask(feats, flat=True)
+    )
 
 
 def test_anomaly_map_size_and_blur():
@@ -126,7 +129,9 @@ def test_anomaly_map_size_and_blur():
     grid[1, 2] = 1.0
     amap = anomaly_map(grid, (70, 50))
     assert amap.shape == (50, 70)
-    up = torch.nn.functional.interpolate(grid[None, None], size=(50, 70), mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(
+        grid[None, None], size=(50, 70), mode="bilinear", align_corners=False
+    )
     np.testing.assert_allclose(amap, ndimage.gaussian_filter(up[0, 0].numpy(), 4.0), atol=1e-6)
 
 

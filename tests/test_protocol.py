@@ -6,12 +6,11 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import make_tiny_vit
 
 from trustad import metrics
 from trustad.protocol import Evaluation, EvaluationSettings, result_columns
 from trustad.report import aggregate, read_results, summary
-
-from .conftest import make_tiny_vit
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,13 @@ def dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(
-        root, categories=("brick", "gravel"), n_train=4, n_test_good=4, n_test_defect=6, size=64, seed=0
+        root,
+        categories=("brick", "gravel"),
+        n_train=4,
+        n_test_good=4,
+        n_test_defect=6,
+        size=64,
+        seed=0,
     )
     return root
 
@@ -60,11 +65,22 @@ def test_clean_grid_reuses_features_and_resumes(dataset, tmp_path):
     assert {r["split"] for r in scores} == {"calibration", "evaluation"}
     # Every metric can be recomputed from scores.csv.
     r0 = results[0]
-    mine = [s for s in scores if all(s[k] == r0[k] for k in ("category", "shots", "seed", "condition"))]
+    mine = [
+        s for s in scores if all(s[k] == r0[k] for k in ("category", "shots", "seed", "condition"))
+    ]
     labels = np.array([int(s["label"]) for s in mine])
     values = np.array([float(s["score"]) for s in mine])
     assert float(r0["auroc"]) == pytest.approx(metrics.auroc(labels, values), abs=1e-5)
-    for col in ("auroc", "ap", "f1_max", "g_mean", "pixel_auroc", "aupro", "ece_platt", "nll_uncal"):
+    for col in (
+        "auroc",
+        "ap",
+        "f1_max",
+        "g_mean",
+        "pixel_auroc",
+        "aupro",
+        "ece_platt",
+        "nll_uncal",
+    ):
         assert 0.0 <= float(r0[col]) <= max(1.0, float(r0[col]))  # defined, finite
     # A second run with the same folder computes nothing.
     again = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
@@ -74,11 +90,25 @@ def test_clean_grid_reuses_features_and_resumes(dataset, tmp_path):
 
 
 def test_attacks_add_conditions(dataset, tmp_path):
-    settings = _settings(dataset, categories=["brick"], seeds=1, attacks=["noise", "fgsm", "score-fgsm"], eps=[8 / 255, 16 / 255])
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        attacks=["noise", "fgsm", "score-fgsm"],
+        eps=[8 / 255, 16 / 255],
+    )
     run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     rows = run.run()
     conds = {(r["condition"], round(float(r["eps"]) * 255)) for r in rows}
-    assert conds == {("clean", 0), ("noise", 8), ("noise", 16), ("fgsm", 8), ("fgsm", 16), ("score-fgsm", 8), ("score-fgsm", 16)}
+    assert conds == {
+        ("clean", 0),
+        ("noise", 8),
+        ("noise", 16),
+        ("fgsm", 8),
+        ("fgsm", 16),
+        ("score-fgsm", 8),
+        ("score-fgsm", 16),
+    }
     for r in rows:
         if r["condition"] != "clean":
             assert float(r["linf"]) <= float(r["eps"]) + 1e-6
@@ -88,7 +118,12 @@ def test_attacks_add_conditions(dataset, tmp_path):
 
 
 def test_resume_rejects_other_settings(dataset, tmp_path):
-    Evaluation(_settings(dataset, categories=["brick"], seeds=1, shots=[1]), make_tiny_vit(), tmp_path, progress=False).run()
+    Evaluation(
+        _settings(dataset, categories=["brick"], seeds=1, shots=[1]),
+        make_tiny_vit(),
+        tmp_path,
+        progress=False,
+    ).run()
     with pytest.raises(ValueError, match="other settings"):
         Evaluation(_settings(dataset, resolution=42), make_tiny_vit(), tmp_path, progress=False)
 
@@ -107,9 +142,15 @@ def test_interrupted_unit_is_redone(dataset, tmp_path):
 
 def test_aggregate_means_categories_then_seeds():
     rows = [
-        dict(dataset="d", shots="1", condition="clean", eps="0", seed="0", category="a", auroc="1.0"),
-        dict(dataset="d", shots="1", condition="clean", eps="0", seed="0", category="b", auroc="0.5"),
-        dict(dataset="d", shots="1", condition="clean", eps="0", seed="1", category="a", auroc="0.25"),
+        dict(
+            dataset="d", shots="1", condition="clean", eps="0", seed="0", category="a", auroc="1.0"
+        ),
+        dict(
+            dataset="d", shots="1", condition="clean", eps="0", seed="0", category="b", auroc="0.5"
+        ),
+        dict(
+            dataset="d", shots="1", condition="clean", eps="0", seed="1", category="a", auroc="0.25"
+        ),
         dict(dataset="d", shots="1", condition="clean", eps="0", seed="1", category="b", auroc=""),
     ]
     mean, std = aggregate(rows, "auroc")[("d", 1, "clean", 0.0)]

@@ -132,7 +132,9 @@ def anomaly_map(distances: Tensor, size: tuple[int, int]) -> np.ndarray:
     return ndimage.gaussian_filter(up[0, 0].numpy(), sigma=MAP_SIGMA)
 
 
-def autocast_context(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast_context(
+    device: torch.device | str, enabled: bool
+) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` when ``enabled``, else a no-op."""
     if not enabled:
         return contextlib.nullcontext()

@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -30,10 +31,17 @@ from torch import Tensor
 
 from . import calibration as cal
 from . import metrics
-from .attacks import ATTACKS, AttackSettings, ProbeSettings, probe_objective, run_attack
+from .attacks import (
+    ATTACKS,
+    AttackSettings,
+    ProbeSettings,
+    probe_objective,
+    run_attack,
+    score_loss,
+    train_probe,
+)
 from .attacks import linf as linf_distance
 from .attacks import psnr as psnr_distance
-from .attacks import score_loss, train_probe
 from .backbone.preprocess import patch_mask, preprocess, preprocess_mask
 from .data import CategoryData, image_size, list_categories, load_category, load_mask
 from .data import support_paths as select_support
@@ -59,6 +67,7 @@ def result_columns() -> list[str]:
     cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in ("uncal", "platt")]
+    cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
     cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note"]
     return cols
 
@@ -93,6 +102,7 @@ class EvaluationSettings:
     probe_train_on: str = "test"
     calibration_fraction: float = 0.2
     flag_rate: float = 0.05
+    conformal_alpha: float = 0.1
     pixel_metrics: bool = True
     save_examples: int = 0
 
@@ -109,7 +119,9 @@ class EvaluationSettings:
         if self.resolution % 14:
             raise ValueError(f"resolution must be a multiple of 14, got {self.resolution}")
         if not 0 < self.calibration_fraction < 1:
-            raise ValueError(f"calibration fraction must lie in (0, 1), got {self.calibration_fraction}")
+            raise ValueError(
+                f"calibration fraction must lie in (0, 1), got {self.calibration_fraction}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,7 +251,9 @@ class ResultStore:
             writer = csv.DictWriter(fh, columns, extrasaction="ignore")
             writer.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
 
-    def done(self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float) -> bool:
+    def done(
+        self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float
+    ) -> bool:
         key = (dataset, category, shots, seed, cond, round(eps, 8))
         return key in {_key(r) for r in self.rows}
 
@@ -317,7 +331,9 @@ class Evaluation:
     # -- per category -----------------------------------------------------------------
     def _load(self, category: str) -> CategoryState:
         data = load_category(self.s.dataset, self.s.root, category)
-        self.log(f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images")
+        self.log(
+            f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
+        )
         images, sizes = [], []
         for i, sample in enumerate(data.test):
             self.log(f"[{category}] preprocessing", i, len(data.test))
@@ -345,17 +361,26 @@ class Evaluation:
         if seed not in st.probes:
             train = range(len(st.images)) if self.s.probe_train_on == "test" else cal_idx
             labels = self._probe_labels(st)
-            feats = torch.cat([st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train])
+            feats = torch.cat(
+                [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]
+            )
             targets = torch.cat([labels[i].reshape(-1) for i in train])
             settings = ProbeSettings(
-                steps=self.s.probe_steps, lr=self.s.probe_lr, seed=seed, train_on=self.s.probe_train_on
+                steps=self.s.probe_steps,
+                lr=self.s.probe_lr,
+                seed=seed,
+                train_on=self.s.probe_train_on,
             )
             device = next(self.backbone.parameters()).device
-            probe, history = train_probe(feats[None, None].to(device), targets[None, None].to(device), settings)
+            probe, history = train_probe(
+                feats[None, None].to(device), targets[None, None].to(device), settings
+            )
             st.probes[seed] = probe
             if st.masks is None and "image-label probe" not in " ".join(st.notes):
                 st.notes.append("image-label probe: no masks, every patch takes its image's label")
-            self.log(f"[{st.data.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}")
+            self.log(
+                f"[{st.data.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
+            )
         return st.probes[seed]
 
     def _attack_images(
@@ -368,11 +393,17 @@ class Evaluation:
         """Attacked versions of every test image, batch by batch."""
         device = next(self.backbone.parameters()).device
         gen = torch.Generator(device=device)
-        gen.manual_seed(zlib.crc32(f"{st.data.category}/{attack.name}/{attack.eps}/{seed}".encode()))
+        gen.manual_seed(
+            zlib.crc32(f"{st.data.category}/{attack.name}/{attack.eps}/{seed}".encode())
+        )
         out: list[Tensor] = []
         for start, batch in _batches(st.images, self.s.batch_size):
             idx = list(range(start, start + len(batch)))
-            self.log(f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}", start, len(st.images))
+            self.log(
+                f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}",
+                start,
+                len(st.images),
+            )
             adv = run_attack(
                 batch.to(device),
                 attack,
@@ -381,7 +412,11 @@ class Evaluation:
                 autocast=self.s.attack_bf16,
             )
             out.extend(adv.detach().cpu())
-        self.log(f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}", len(out), len(out))
+        self.log(
+            f"[{st.data.category}] {attack.name} eps={attack.eps:.4g} seed {seed}",
+            len(out),
+            len(out),
+        )
         return out
 
     def run(self) -> list[dict[str, Any]]:
@@ -390,7 +425,9 @@ class Evaluation:
         t0 = time.time()
         for category in categories:
             self._run_category(category)
-        self.log(f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes without gradient")
+        self.log(
+            f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes without gradient"
+        )
         return self.store.rows
 
     def _pending(self, category: str) -> list[tuple[int, str, float, list[int]]]:
@@ -398,7 +435,11 @@ class Evaluation:
         out = []
         for seed in range(self.s.seeds):
             for cond, eps in self.s.conditions():
-                shots = [k for k in self.s.shots if not self.store.done(self.s.dataset, category, k, seed, cond, eps)]
+                shots = [
+                    k
+                    for k in self.s.shots
+                    if not self.store.done(self.s.dataset, category, k, seed, cond, eps)
+                ]
                 if shots:
                     out.append((seed, cond, eps, shots))
         return out
@@ -436,7 +477,9 @@ class Evaluation:
                 self._fit(det, st, k, seed)
                 dists = det.distances_from_features(feats, fg)
                 image_sc = det.scores_from_distances(dists)
-                row, score_rows = self._unit_rows(st, k, seed, cond, eps, image_sc, dists, split, adv_images)
+                row, score_rows = self._unit_rows(
+                    st, k, seed, cond, eps, image_sc, dists, split, adv_images
+                )
                 results.append(row)
                 scores.extend(score_rows)
                 if s.save_examples and adv_images is not None and k == usable[0] and seed == 0:
@@ -476,13 +519,17 @@ class Evaluation:
     ) -> dict[int, tuple[list[Tensor], list[Tensor] | None, list[Tensor]]]:
         attack = self.s.attack(cond, eps)
         if attack.targets_score:
-            self.log(f"[{st.data.category}] {cond} depends on the memory bank: computed per shots and seed")
+            self.log(
+                f"[{st.data.category}] {cond} depends on the memory bank: computed per shots and seed"
+            )
             out = {}
             for k in shots:
                 self._fit(det, st, k, seed)
                 labels = torch.as_tensor(st.labels, dtype=torch.float32)
 
-                def objective(idx: list[int], labels: Tensor = labels) -> Callable[[Tensor], Tensor]:
+                def objective(
+                    idx: list[int], labels: Tensor = labels
+                ) -> Callable[[Tensor], Tensor]:
                     return score_loss(det, labels[idx].to(det.device))
 
                 adv = self._attack_images(st, attack, objective, seed)
@@ -521,7 +568,14 @@ class Evaluation:
         adv_images: list[Tensor] | None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         s, data = self.s, st.data
-        key = dict(dataset=s.dataset, category=data.category, shots=shots, seed=seed, condition=cond, eps=eps)
+        key = dict(
+            dataset=s.dataset,
+            category=data.category,
+            shots=shots,
+            seed=seed,
+            condition=cond,
+            eps=eps,
+        )
         cal_idx, eval_idx, split_note = split
         in_cal = np.zeros(len(scores), dtype=bool)
         in_cal[cal_idx] = True
@@ -574,7 +628,9 @@ class Evaluation:
         out: dict[str, float] = {}
         for name in cal.CALIBRATORS:
             if len(cal_idx):
-                calibrator, note = cal.fit_calibrator_safely(name, clean_scores[cal_idx], y[cal_idx])
+                calibrator, note = cal.fit_calibrator_safely(
+                    name, clean_scores[cal_idx], y[cal_idx]
+                )
             else:
                 calibrator, note = cal.make_calibrator("uncal"), None
             if note:
@@ -591,9 +647,36 @@ class Evaluation:
                 h_adv = cal.entropy(p)
                 out[f"flag_auroc_{name}"] = cal.flagging_auroc(h_clean, h_adv)
                 out[f"flag_tpr_{name}"] = cal.tpr_at_fpr(h_clean, h_adv, self.s.flag_rate)
+        out.update(
+            self._conformal(
+                clean_scores[cal_idx][y[cal_idx] == 0], scores[eval_idx], y[eval_idx], notes
+            )
+        )
         return out
 
-    def _save_examples(self, st: CategoryState, cond: str, eps: float, adv: list[Tensor], dists: list[Tensor]) -> None:
+    def _conformal(
+        self, normal_cal: np.ndarray, scores: np.ndarray, labels: np.ndarray, notes: list[str]
+    ) -> dict[str, float]:
+        """The conformal threshold on normal calibration scores; its false-alarm rate and
+        true-positive rate on this condition's evaluation part."""
+        if len(normal_cal) == 0:
+            notes.append("conformal: no normal calibration image")
+            return {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            conformal = cal.ConformalThreshold(self.s.conformal_alpha).fit(normal_cal)
+        notes += [f"conformal: {w.message}" for w in caught]
+        flagged = conformal.predict(scores).astype(bool)
+        out = {"conformal_threshold": conformal.threshold_}
+        if (labels == 0).any():
+            out["conformal_far"] = float(flagged[labels == 0].mean())
+        if (labels == 1).any():
+            out["conformal_tpr"] = float(flagged[labels == 1].mean())
+        return out
+
+    def _save_examples(
+        self, st: CategoryState, cond: str, eps: float, adv: list[Tensor], dists: list[Tensor]
+    ) -> None:
         from .report import save_map_png
 
         folder = self.store.out / "examples" / st.data.category
@@ -606,4 +689,3 @@ class Evaluation:
 
             Image.fromarray(img).save(folder / f"{tag}.png")
             save_map_png(anomaly_map(dists[i], st.sizes[i]), folder / f"{tag}_map.png")
-

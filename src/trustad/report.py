@@ -92,7 +92,9 @@ def detection_table(rows: Sequence[dict[str, Any]]) -> str:
             cells = []
             for c in cols:
                 clean = _cell(stats[c], (ds, k, CLEAN, 0.0))
-                cells.append(clean if cond == CLEAN else f"{clean} / {_cell(stats[c], (ds, k, cond, eps))}")
+                cells.append(
+                    clean if cond == CLEAN else f"{clean} / {_cell(stats[c], (ds, k, cond, eps))}"
+                )
             body.append([ds, str(k), label, *cells])
     return _table(header, body)
 
@@ -119,16 +121,35 @@ def pixel_table(rows: Sequence[dict[str, Any]]) -> str | None:
     for ds, k in _groups(rows):
         for cond, eps in _conditions(rows):
             key = (ds, k, cond, eps)
-            body.append([ds, str(k), _label(cond, eps), _cell(stats["pixel_auroc"], key), _cell(stats["aupro"], key)])
+            body.append(
+                [
+                    ds,
+                    str(k),
+                    _label(cond, eps),
+                    _cell(stats["pixel_auroc"], key),
+                    _cell(stats["aupro"], key),
+                ]
+            )
     return _table(header, body)
 
 
 def calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     """Table 2: ECE, NLL, Brier, uncalibrated vs Platt, on clean evaluation data (x10^-1 in
     the paper; plain values here)."""
-    header = ["dataset", "shots", "ECE uncal", "ECE Platt", "NLL uncal", "NLL Platt", "Brier uncal", "Brier Platt"]
+    header = [
+        "dataset",
+        "shots",
+        "ECE uncal",
+        "ECE Platt",
+        "NLL uncal",
+        "NLL Platt",
+        "Brier uncal",
+        "Brier Platt",
+    ]
     stats = {
-        f"{m}_{c}": aggregate(rows, f"{m}_{c}") for m in ("ece", "nll", "brier") for c in ("uncal", "platt")
+        f"{m}_{c}": aggregate(rows, f"{m}_{c}")
+        for m in ("ece", "nll", "brier")
+        for c in ("uncal", "platt")
     }
     body = []
     for ds, k in _groups(rows):
@@ -154,7 +175,10 @@ def entropy_table(rows: Sequence[dict[str, Any]]) -> str | None:
     attacked = [c for c in _conditions(rows) if c[0] != CLEAN]
     if not attacked:
         return None
-    stats = {c: aggregate(rows, c) for c in ("entropy_uncal", "entropy_platt", "flag_auroc_platt", "flag_tpr_platt")}
+    stats = {
+        c: aggregate(rows, c)
+        for c in ("entropy_uncal", "entropy_platt", "flag_auroc_platt", "flag_tpr_platt")
+    }
     header = [
         "dataset", "shots", "attack", "H uncal clean", "H uncal adv", "H Platt clean",
         "H Platt adv", "delta Platt", "flag AUROC (Platt)", "flag TPR (Platt)",
@@ -203,7 +227,14 @@ def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
     pix = pixel_table(rows)
     if pix:
         sections += ["", "## Pixel level (%)", pix]
-    sections += ["", "## Calibration (clean)", calibration_table(rows), "", "## ECE by calibrator (clean)", calibrator_table(rows)]
+    sections += [
+        "",
+        "## Calibration (clean)",
+        calibration_table(rows),
+        "",
+        "## ECE by calibrator (clean)",
+        calibrator_table(rows),
+    ]
     ent = entropy_table(rows)
     if ent:
         sections += ["", "## Entropy under attack", ent]
@@ -226,3 +257,99 @@ def save_map_png(amap: np.ndarray, path: str | Path, vmax: float | None = None) 
     top = float(vmax if vmax is not None else max(float(amap.max()), 1e-12))
     rgba = colormaps["inferno"](np.clip(amap / top, 0.0, 1.0))
     Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8)).save(path)
+
+
+def calibrated_scores(
+    scores_rows: Sequence[dict[str, Any]], shots: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Pooled evaluation-part probabilities at ``shots``, uncalibrated and Platt, per
+    condition label: Platt fitted per (dataset, category, seed) on clean calibration scores,
+    exactly as the evaluation does. Returns {condition: {"y", "uncal", "platt"}}."""
+    from . import calibration as cal
+
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in scores_rows:
+        if int(r["shots"]) == shots:
+            groups[(r["dataset"], r["category"], r["seed"])].append(r)
+    pooled: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for rows in groups.values():
+        cal_rows = [r for r in rows if r["condition"] == CLEAN and r["split"] == "calibration"]
+        s = np.array([float(r["score"]) for r in cal_rows])
+        y = np.array([int(r["label"]) for r in cal_rows])
+        platt, _ = cal.fit_calibrator_safely("platt", s, y)
+        uncal = cal.make_calibrator("uncal")
+        for r in rows:
+            if r["split"] != "evaluation":
+                continue
+            label = _label(r["condition"], _num(r["eps"]))
+            score = np.array([float(r["score"])])
+            pooled[label]["y"].append(int(r["label"]))
+            pooled[label]["uncal"].append(float(uncal.predict_proba(score)[0]))
+            pooled[label]["platt"].append(float(platt.predict_proba(score)[0]))
+    return {c: {k: np.array(v) for k, v in d.items()} for c, d in pooled.items()}
+
+
+def write_figures(out: str | Path, shots: int | None = None) -> list[Path]:
+    """The paper's Figures 4 and 5 for this run: reliability diagrams and probability
+    histograms (uncalibrated vs Platt, clean), and entropy histograms clean vs each attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import calibration as cal
+
+    out = Path(out)
+    with (out / "scores.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return []
+    shots = shots if shots is not None else min(int(r["shots"]) for r in rows)
+    pooled = calibrated_scores(rows, shots)
+    paths = []
+    clean = pooled.get(CLEAN)
+    if clean is not None and len(clean["y"]):
+        fig, axes = plt.subplots(2, 2, figsize=(8, 7))
+        for col, name in enumerate(("uncal", "platt")):
+            d = cal.reliability_diagram(clean[name], clean["y"])
+            centres = (d["edges"][:-1] + d["edges"][1:]) / 2
+            ax = axes[0, col]
+            ax.plot([0, 1], [0, 1], "k--", lw=1)
+            ok = d["prob_count"] > 0
+            ax.plot(d["mean_prob"][ok], d["frac_pos"][ok], "o-")
+            ax.set_title(
+                f"{name}: class-wise ECE {d['classwise_ece']:.3f}, ECE {d['ece']:.3f}", fontsize=9
+            )
+            ax.set_xlabel("predicted probability of anomaly")
+            ax.set_ylabel("fraction anomalous")
+            axes[1, col].bar(centres, d["prob_count"], width=0.09)
+            axes[1, col].set_xlabel("predicted probability")
+            axes[1, col].set_ylabel("count")
+        fig.suptitle(f"Reliability, clean evaluation data, {shots} shot(s)")
+        fig.tight_layout()
+        paths.append(out / f"reliability_{shots}shot.png")
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+    attacked = [c for c in pooled if c != CLEAN]
+    if clean is not None and attacked:
+        fig, axes = plt.subplots(
+            1, len(attacked), figsize=(4.5 * len(attacked), 3.5), squeeze=False
+        )
+        for ax, cond in zip(axes[0], attacked):
+            for label, data in ((CLEAN, clean), (cond, pooled[cond])):
+                h = cal.entropy(data["platt"])
+                ax.hist(
+                    h,
+                    bins=20,
+                    range=(0, np.log(2)),
+                    alpha=0.6,
+                    label=f"{label}: {h.mean():.3f} +- {h.std():.3f}",
+                )
+            ax.set_xlabel("predictive entropy (Platt)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Entropy, {shots} shot(s)")
+        fig.tight_layout()
+        paths.append(out / f"entropy_{shots}shot.png")
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+    return paths

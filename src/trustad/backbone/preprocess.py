@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from .dinov2 import PATCH_SIZE
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
 
 
@@ -140,8 +139,9 @@ def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
     keeping its size: bilinear with a reflect-101 border, as OpenCV's
     ``warpAffine(INTER_LINEAR, BORDER_DEFAULT)`` does in the AnomalyDINO reference code.
 
-    Coordinates are quantised to 1/32 pixel like OpenCV; results agree with it to within
-    one grey level.
+    Source coordinates are computed in OpenCV 4's fixed point (1/1024 steps, then 1/32 of a
+    pixel), which the reference code ran on; results agree with OpenCV 4 to within one grey
+    level. (OpenCV 5 computes them in floating point and differs by a few levels.)
     """
     if angle % 360 == 0:
         return img.copy()
@@ -150,14 +150,20 @@ def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
     cx, cy = w / 2.0, h / 2.0
     a = np.deg2rad(angle)
     cos, sin = np.cos(a), np.sin(a)
-    # OpenCV's getRotationMatrix2D maps source to destination; invert it to sample.
-    fwd = np.array([[cos, sin, (1 - cos) * cx - sin * cy], [-sin, cos, sin * cx + (1 - cos) * cy]])
-    inv = np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    sx = np.round(sx * 32) / 32
-    sy = np.round(sy * 32) / 32
+    # OpenCV's getRotationMatrix2D maps source to destination; warpAffine inverts it to
+    # sample, with the same closed form as below.
+    m = [cos, sin, (1 - cos) * cx - sin * cy, -sin, cos, sin * cx + (1 - cos) * cy]
+    d = 1.0 / (m[0] * m[4] - m[1] * m[3])
+    i00, i01, i10, i11 = m[4] * d, -m[1] * d, -m[3] * d, m[0] * d
+    i02, i12 = -i00 * m[2] - i01 * m[5], -i10 * m[2] - i11 * m[5]
+    # warpAffine's fixed point: the row and column terms are each rounded to 1/1024, summed
+    # with half a 1/32 step, then truncated to 1/32 of a pixel.
+    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
+    col_x, col_y = np.rint(i00 * xs * 1024), np.rint(i10 * xs * 1024)
+    row_x, row_y = np.rint((i01 * ys + i02) * 1024) + 16, np.rint((i11 * ys + i12) * 1024) + 16
+    fixed_x = (row_x[:, None] + col_x[None, :]).astype(np.int64) >> 5
+    fixed_y = (row_y[:, None] + col_y[None, :]).astype(np.int64) >> 5
+    sx, sy = fixed_x / 32.0, fixed_y / 32.0
     x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
 

@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--shots", nargs="+", type=int, default=[1, 4])
-    p.add_argument("--attack", nargs="+", default=["fgsm"], help="attacks besides clean (default fgsm)")
+    p.add_argument(
+        "--attack", nargs="+", default=["fgsm"], help="attacks besides clean (default fgsm)"
+    )
     p.add_argument("--test-good", type=int, default=6, help="normal test images per category")
     p.add_argument("--test-defect", type=int, default=10, help="defective test images per category")
     add_run_options(p)
@@ -64,7 +66,9 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_pictures(settings, data_root: Path, folder: Path, device: str, per_category: int = 2) -> Path:
+def save_pictures(
+    settings, data_root: Path, folder: Path, device: str, per_category: int = 2
+) -> Path:
     """Image / ground truth / anomaly map panels for a few defective test images, 1 shot."""
     import matplotlib
 

@@ -17,7 +17,9 @@ def _eps(text: str) -> float:
             return float(num) / float(den)
         return float(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"eps must be a number or a fraction like 8/255, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"eps must be a number or a fraction like 8/255, got {text!r}"
+        ) from exc
 
 
 def _bool(text: str) -> bool:
@@ -30,13 +32,25 @@ def _bool(text: str) -> bool:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``evaluate`` and ``demo``."""
-    p.add_argument("--resolution", type=int, default=448, help="smaller image edge in pixels (default 448)")
+    p.add_argument(
+        "--resolution", type=int, default=448, help="smaller image edge in pixels (default 448)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--backbone", default="dinov2_vits14", help="DINOv2 variant (default dinov2_vits14)")
-    p.add_argument("--weights", default=None, help="weights file (.pth or .safetensors); default: see `trustad weights show`")
+    p.add_argument(
+        "--backbone", default="dinov2_vits14", help="DINOv2 variant (default dinov2_vits14)"
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="weights file (.pth or .safetensors); default: see `trustad weights show`",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for feature extraction")
-    p.add_argument("--attack-bf16", action="store_true", help="bfloat16 autocast for attack gradients (faster, approximate)")
+    p.add_argument(
+        "--attack-bf16",
+        action="store_true",
+        help="bfloat16 autocast for attack gradients (faster, approximate)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -49,28 +63,69 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Rerunning with the same --out resumes.",
     )
     p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--root", required=True, help="dataset folder (a folder of categories, or one category)")
-    p.add_argument("--categories", nargs="+", default=None, help="subset of categories (default: all found)")
+    p.add_argument(
+        "--root", required=True, help="dataset folder (a folder of categories, or one category)"
+    )
+    p.add_argument(
+        "--categories", nargs="+", default=None, help="subset of categories (default: all found)"
+    )
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--preprocessing", choices=PREPROCESSING, default="agnostic")
-    p.add_argument("--mask-test", type=_bool, default=None, metavar="on|off", help="override the category table's background masking of test images")
-    p.add_argument("--mask-morphology", choices=("grid", "flat"), default="grid", help="grid: 3x3 on the patch grid (protocol); flat: along the token order like the public reference code")
+    p.add_argument(
+        "--mask-test",
+        type=_bool,
+        default=None,
+        metavar="on|off",
+        help="override the category table's background masking of test images",
+    )
+    p.add_argument(
+        "--mask-morphology",
+        choices=("grid", "flat"),
+        default="grid",
+        help="grid: 3x3 on the patch grid (protocol); flat: along the token order like the public reference code",
+    )
     p.add_argument("--knn", type=int, default=1)
-    p.add_argument("--attack", nargs="+", choices=ATTACKS, default=["none"], help="conditions besides clean")
-    p.add_argument("--eps", nargs="+", type=_eps, default=[DEFAULT_EPS], help="L-inf budgets, e.g. 8/255 (several: a sweep)")
+    p.add_argument(
+        "--attack", nargs="+", choices=ATTACKS, default=["none"], help="conditions besides clean"
+    )
+    p.add_argument(
+        "--eps",
+        nargs="+",
+        type=_eps,
+        default=[DEFAULT_EPS],
+        help="L-inf budgets, e.g. 8/255 (several: a sweep)",
+    )
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--pgd-step-size", type=_eps, default=None, help="default 2.5*eps/steps")
     p.add_argument("--no-random-start", action="store_true", help="PGD without a random start")
-    p.add_argument("--round-8bit", action="store_true", help="round adversarial images to 8 bits before scoring")
+    p.add_argument(
+        "--round-8bit",
+        action="store_true",
+        help="round adversarial images to 8 bits before scoring",
+    )
     p.add_argument("--probe-steps", type=int, default=200)
     p.add_argument("--probe-lr", type=float, default=1e-3)
     p.add_argument("--probe-train-on", choices=("test", "calibration"), default="test")
     p.add_argument("--calibration-fraction", type=float, default=0.2)
-    p.add_argument("--flag-rate", type=float, default=0.05, help="false-flag rate of the entropy attack flag")
+    p.add_argument(
+        "--flag-rate", type=float, default=0.05, help="false-flag rate of the entropy attack flag"
+    )
+    p.add_argument(
+        "--conformal-alpha",
+        type=float,
+        default=0.1,
+        help="target false-alarm rate of the conformal threshold",
+    )
     p.add_argument("--no-pixel-metrics", action="store_true")
-    p.add_argument("--save-examples", type=int, default=0, metavar="N", help="save N adversarial images and maps per category and attack")
+    p.add_argument(
+        "--save-examples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save N adversarial images and maps per category and attack",
+    )
     add_run_options(p)
     p.set_defaults(func=run_evaluate)
 
@@ -109,6 +164,7 @@ def settings_from_args(args: argparse.Namespace):
         probe_train_on=args.probe_train_on,
         calibration_fraction=args.calibration_fraction,
         flag_rate=args.flag_rate,
+        conformal_alpha=args.conformal_alpha,
         pixel_metrics=not args.no_pixel_metrics,
         save_examples=args.save_examples,
     )
@@ -118,15 +174,20 @@ def execute(settings, out: str | Path, device: str, quiet: bool) -> list[dict]:
     """Load the backbone, run the grid, write the report, print the summary."""
     from ..backbone import load_backbone
     from ..protocol import Evaluation
-    from ..report import summary, write_report
+    from ..report import summary, write_figures, write_report
 
     backbone = load_backbone(settings.backbone, settings.weights, device=device)
     run = Evaluation(settings, backbone, out, progress=not quiet)
     run.store.record_provenance({"weights": backbone.weights_source.to_dict()})
     rows = run.run()
     path = write_report(out)
+    figures = write_figures(out)
     print(summary(rows))
-    print(f"\nresults: {Path(out) / 'results.csv'}  scores: {Path(out) / 'scores.csv'}  report: {path}")
+    print(
+        f"\nresults: {Path(out) / 'results.csv'}  scores: {Path(out) / 'scores.csv'}  report: {path}"
+    )
+    if figures:
+        print("figures: " + ", ".join(str(f) for f in figures))
     return rows
 
 
@@ -136,9 +197,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..report import read_results, summary, write_report
+    from ..report import read_results, summary, write_figures, write_report
 
     rows = read_results(args.out)
     print(summary(rows))
     print(f"\nreport: {write_report(args.out)}")
+    for figure in write_figures(args.out):
+        print(f"figure: {figure}")
     return 0
