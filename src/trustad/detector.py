@@ -32,7 +32,7 @@ SIMILARITY_BUDGET = 1 << 24
 
 
 def memory_bank(features: Tensor, keep: Tensor | None = None) -> Tensor:
-    """L2-normalised bank (M, D) from support patch features (n, h, w, D).
+    """L2-normalised bank (M, D) from support patch features (n, h, w, D) or (N, D).
 
     ``keep``: optional boolean (n, h, w) selecting the patches that enter the bank.
     """
@@ -63,12 +63,15 @@ def patch_distances(query: Tensor, bank: Tensor, knn: int = 1) -> Tensor:
     gradient in bounded-memory chunks, then their similarities are recomputed with it.
     """
     shape = query.shape[:-1]
-    q = F.normalize(query.reshape(-1, query.shape[-1]).to(bank.dtype), dim=-1)
-    bank = bank.to(q.device)
-    k = min(knn, len(bank))
-    with torch.no_grad():
-        idx = _nearest_indices(q.detach(), bank, k)
-    sims = (q.unsqueeze(1) * bank[idx]).sum(-1)  # (P, k)
+    # Full precision even inside an outer bfloat16 autocast: near 1, bfloat16 similarities
+    # cannot tell neighbours apart.
+    with torch.autocast(query.device.type, enabled=False):
+        q = F.normalize(query.reshape(-1, query.shape[-1]).to(bank.dtype), dim=-1)
+        bank = bank.to(q.device)
+        k = min(knn, len(bank))
+        with torch.no_grad():
+            idx = _nearest_indices(q.detach(), bank, k)
+        sims = (q.unsqueeze(1) * bank[idx]).sum(-1)  # (P, k)
     return (1.0 - sims.mean(dim=1)).reshape(shape)
 
 
