@@ -96,6 +96,7 @@ def test_attacks_add_conditions(dataset, tmp_path):
         seeds=1,
         attacks=["noise", "fgsm", "score-fgsm"],
         eps=[8 / 255, 16 / 255],
+        save_examples=1,
     )
     run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     rows = run.run()
@@ -115,6 +116,9 @@ def test_attacks_add_conditions(dataset, tmp_path):
             assert r["flag_auroc_platt"] != ""
     text = summary(read_results(tmp_path))
     assert "clean / fgsm eps=8/255" in text
+    examples = sorted(p.name for p in (tmp_path / "examples" / "brick").iterdir())
+    assert len(examples) == 2 * 7  # one anomalous image: input PNG and panel, 7 conditions
+    assert "test_color_spot_000_fgsm_eps8_input.png" in examples
 
 
 def test_resume_rejects_other_settings(dataset, tmp_path):

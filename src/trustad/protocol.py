@@ -51,6 +51,7 @@ from .detector import (
     _batches,
     anomaly_map,
     extract_features,
+    image_scores,
 )
 
 CLEAN = "clean"
@@ -166,10 +167,11 @@ class Progress:
             return
         if done is not None and total:
             message = f"{message} {done}/{total}"
-        if self.tty and done is not None and done < (total or 0):
-            print(f"\r{message}\033[K", end="", file=sys.stderr, flush=True)
-        else:
-            print(f"\r{message}\033[K" if self.tty else message, file=sys.stderr, flush=True)
+        partial = done is not None and done < (total or 0)
+        if self.tty:
+            print(f"\r{message}\033[K", end="" if partial else "\n", file=sys.stderr, flush=True)
+        elif not partial:  # logs get one line per finished step
+            print(message, file=sys.stderr, flush=True)
 
 
 def _fmt(value: Any) -> Any:
@@ -482,8 +484,8 @@ class Evaluation:
                 )
                 results.append(row)
                 scores.extend(score_rows)
-                if s.save_examples and adv_images is not None and k == usable[0] and seed == 0:
-                    self._save_examples(st, cond, eps, adv_images, dists)
+                if s.save_examples and k == usable[0] and seed == 0:
+                    self._save_examples(st, cond, eps, adv_images or st.images, dists)
             self.store.add(results, scores)
 
     def _features_logged(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
@@ -675,17 +677,24 @@ class Evaluation:
         return out
 
     def _save_examples(
-        self, st: CategoryState, cond: str, eps: float, adv: list[Tensor], dists: list[Tensor]
+        self, st: CategoryState, cond: str, eps: float, inputs: list[Tensor], dists: list[Tensor]
     ) -> None:
-        from .report import save_map_png
+        """For the first few anomalous test images: the scored input as a PNG, and a panel
+        of input, ground truth and anomaly map."""
+        from PIL import Image
+
+        from .report import example_figure
 
         folder = self.store.out / "examples" / st.data.category
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(min(self.s.save_examples, len(adv))):
+        order = np.argsort(-st.labels, kind="stable")[: self.s.save_examples]
+        for i in order:
             stem = Path(st.data.test[i].image_id).with_suffix("").as_posix().replace("/", "_")
-            tag = f"{stem}_{cond}_eps{eps * 255:.3g}"
-            img = (adv[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            from PIL import Image
-
-            Image.fromarray(img).save(folder / f"{tag}.png")
-            save_map_png(anomaly_map(dists[i], st.sizes[i]), folder / f"{tag}_map.png")
+            tag = f"{stem}_{cond}" + (f"_eps{eps * 255:.3g}" if cond != CLEAN else "")
+            img = (inputs[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{tag}_input.png")
+            truth = st.masks[i] if st.masks is not None else None
+            title = f"{st.data.test[i].image_id} ({cond}, score {float(image_scores(dists[i][None])[0]):.3f})"
+            example_figure(
+                folder / f"{tag}.png", img, truth, anomaly_map(dists[i], st.sizes[i]), title
+            )

@@ -249,14 +249,31 @@ def write_report(out: str | Path) -> Path:
     return path
 
 
-def save_map_png(amap: np.ndarray, path: str | Path, vmax: float | None = None) -> None:
-    """Save an anomaly map as a colour PNG (matplotlib's 'inferno', 0 to vmax)."""
-    from matplotlib import colormaps
-    from PIL import Image
+def example_figure(
+    path: str | Path, image: np.ndarray, truth: np.ndarray | None, amap: np.ndarray, title: str
+) -> None:
+    """A panel of the scored input, its ground truth (if any) and its anomaly map."""
+    import matplotlib
 
-    top = float(vmax if vmax is not None else max(float(amap.max()), 1e-12))
-    rgba = colormaps["inferno"](np.clip(amap / top, 0.0, 1.0))
-    Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8)).save(path)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if truth is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.4))
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=8)
+    if truth is not None:
+        axes[1].imshow(truth, cmap="gray")
+        axes[1].set_title("ground truth", fontsize=8)
+    shown = axes[-1].imshow(amap, cmap="inferno")
+    axes[-1].set_title("anomaly map", fontsize=8)
+    fig.colorbar(shown, ax=axes[-1], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def calibrated_scores(

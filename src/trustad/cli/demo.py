@@ -60,45 +60,6 @@ def run_demo(args: argparse.Namespace) -> int:
         save_examples=2,
     )
     execute(settings, out / "results", args.device, args.quiet)
-    pictures = save_pictures(settings, data_root, out / "figures", args.device)
-    print(f"anomaly-map pictures: {pictures}")
+    print(f"anomaly-map pictures: {out / 'results' / 'examples'}")
     print(f"demo finished in {time.time() - t0:.0f} s")
     return 0
-
-
-def save_pictures(
-    settings, data_root: Path, folder: Path, device: str, per_category: int = 2
-) -> Path:
-    """Image / ground truth / anomaly map panels for a few defective test images, 1 shot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..backbone import load_backbone, load_rgb8
-    from ..data import image_size, list_categories, load_category, load_mask, support_paths
-    from ..detector import AnomalyDINO
-
-    folder.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone(settings.backbone, settings.weights, device=device)
-    for category in list_categories("folder", data_root):
-        data = load_category("folder", data_root, category)
-        det = AnomalyDINO(backbone, resolution=settings.resolution, bf16=settings.bf16)
-        det.fit(support_paths(data.train, 1, 0))
-        samples = [s for s in data.test if s.label == 1][:per_category]
-        maps = det.anomaly_maps([s.path for s in samples])
-        fig, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
-        for row, sample, amap in zip(axes, samples, maps):
-            row[0].imshow(load_rgb8(sample.path))
-            row[0].set_title(sample.image_id, fontsize=8)
-            row[1].imshow(load_mask(sample, image_size(sample.path)), cmap="gray")
-            row[1].set_title("ground truth", fontsize=8)
-            im = row[2].imshow(amap, cmap="inferno")
-            row[2].set_title("anomaly map (1 shot)", fontsize=8)
-            fig.colorbar(im, ax=row[2], fraction=0.046)
-            for ax in row:
-                ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(folder / f"{category}.png", dpi=80)
-        plt.close(fig)
-    return folder
