@@ -19,7 +19,6 @@ autocast: faster on CPU, but the gradient is approximate (see benchmarks/attacks
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +27,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .detector import autocast_context
 
 ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd")
 DEFAULT_EPS = 8 / 255
@@ -114,12 +115,6 @@ def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / steps
 
 
-def _autocast(x: Tensor, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-
-
 def _rand(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform [0, 1) noise shaped like x, drawn on the generator's device (so a seed gives
     the same noise whatever device x lives on)."""
@@ -133,7 +128,7 @@ def _rand(x: Tensor, generator: torch.Generator | None) -> Tensor:
 def input_gradient(x: Tensor, loss_fn: Objective, autocast: bool = False) -> Tensor:
     """d sum(loss_fn(x)) / dx, without touching any parameter's ``.grad``."""
     x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), _autocast(x, autocast):
+    with torch.enable_grad(), autocast_context(x.device, autocast):
         loss = loss_fn(x)
     if loss.ndim != 1 or loss.shape[0] != x.shape[0]:
         raise ValueError(

@@ -14,16 +14,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="evaluate on a small synthetic texture dataset (a few minutes on a CPU)",
         description="Builds a synthetic MVTec-layout dataset from scikit-image's texture "
-        "photographs, runs clean and FGSM evaluation at 1 and 4 shots with real DINOv2 "
+        "photographs, runs clean and FGSM evaluation at 1 and 2 shots with real DINOv2 "
         "weights, prints the tables and writes results, a report and anomaly-map pictures.",
     )
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    p.add_argument("--shots", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 2])
     p.add_argument(
         "--attack", nargs="+", default=["fgsm"], help="attacks besides clean (default fgsm)"
     )
-    p.add_argument("--test-good", type=int, default=6, help="normal test images per category")
-    p.add_argument("--test-defect", type=int, default=10, help="defective test images per category")
+    p.add_argument("--test-good", type=int, default=8, help="normal test images per category")
+    p.add_argument("--test-defect", type=int, default=8, help="defective test images per category")
     add_run_options(p)
     p.set_defaults(func=run_demo)
 
