@@ -167,3 +167,18 @@ def test_bad_settings_are_rejected(dataset):
         _settings(dataset, attacks=["cw"])
     with pytest.raises(ValueError, match="multiple of 14"):
         _settings(dataset, resolution=50)
+
+
+def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    broken = root / "gravel" / "test" / "good" / "000.png"
+    broken.write_bytes(b"not a png")
+    settings = _settings(root, seeds=1, shots=[1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    rows = run.run()
+    assert {r["category"] for r in rows} == {"brick"}
+    assert list(run.failures) == ["gravel"]
+    assert str(broken) in run.failures["gravel"]

@@ -425,8 +425,14 @@ class Evaluation:
         s = self.s
         categories = list_categories(s.dataset, s.root, s.categories)
         t0 = time.time()
+        self.failures: dict[str, str] = {}
         for category in categories:
-            self._run_category(category)
+            # A broken category (unreadable image, bad mask) must not cost the others.
+            try:
+                self._run_category(category)
+            except (ValueError, FileNotFoundError, OSError) as exc:
+                self.failures[category] = str(exc)
+                self.log(f"[{category}] failed, skipped: {exc}")
         self.log(
             f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes without gradient"
         )

@@ -16,7 +16,7 @@ def _eps(text: str) -> float:
             num, den = text.split("/")
             return float(num) / float(den)
         return float(text)
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError) as exc:
         raise argparse.ArgumentTypeError(
             f"eps must be a number or a fraction like 8/255, got {text!r}"
         ) from exc
@@ -188,6 +188,9 @@ def execute(settings, out: str | Path, device: str, quiet: bool) -> list[dict]:
     )
     if figures:
         print("figures: " + ", ".join(str(f) for f in figures))
+    if run.failures:
+        lines = [f"  {c}: {msg}" for c, msg in run.failures.items()]
+        raise RuntimeError("these categories failed (the others are saved):\n" + "\n".join(lines))
     return rows
 
 
