@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -288,10 +288,11 @@ CALIBRATORS: dict[str, type] = {
 }
 
 
-def make_calibrator(name: str) -> Calibrator:
-    """A fresh calibrator by its short name (the suffix of result columns such as ece_platt)."""
+def make_calibrator(name: str, **options: Any) -> Calibrator:
+    """A fresh calibrator by its short name (the suffix of result columns such as ece_platt);
+    ``options`` go to its constructor (e.g. ``c`` for Platt)."""
     try:
-        return CALIBRATORS[name]()
+        return CALIBRATORS[name](**options)
     except KeyError:
         raise ValueError(
             f"unknown calibrator {name!r}; choose one of {', '.join(CALIBRATORS)}"
@@ -303,7 +304,7 @@ _MIN_PER_CLASS = {"uncal": 0, "platt": 2, "temperature": 2, "beta": 2, "isotonic
 
 
 def fit_calibrator_safely(
-    name: str, scores: ArrayLike, labels: ArrayLike
+    name: str, scores: ArrayLike, labels: ArrayLike, **options: Any
 ) -> tuple[Calibrator, str | None]:
     """Fit calibrator ``name``, falling back to :class:`Uncalibrated` when that is impossible.
 
@@ -311,9 +312,9 @@ def fit_calibrator_safely(
     (Platt, temperature, beta) or lacks a class (isotonic), or when a fit yields non-finite
     probabilities; the note then says so. A fit on perfectly separated classes is kept, with
     a note that it is steep and was stopped. Returns (calibrator, note or None). Unknown
-    names raise ValueError.
+    names raise ValueError; ``options`` go to the calibrator's constructor.
     """
-    cal = make_calibrator(name)
+    cal = make_calibrator(name, **options)
     s = _scores(scores)
     y = _labels(labels, s.size)
     n_pos = int(y.sum())

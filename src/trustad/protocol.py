@@ -102,6 +102,7 @@ class EvaluationSettings:
     probe_lr: float = 1e-3
     probe_train_on: str = "test"
     calibration_fraction: float = 0.2
+    platt_c: float | None = None  # None: unregularised (PROTOCOL); sklearn's default is 1.0
     flag_rate: float = 0.05
     conformal_alpha: float = 0.1
     pixel_metrics: bool = True
@@ -636,8 +637,9 @@ class Evaluation:
         out: dict[str, float] = {}
         for name in cal.CALIBRATORS:
             if len(cal_idx):
+                options = {"c": self.s.platt_c} if name == "platt" and self.s.platt_c else {}
                 calibrator, note = cal.fit_calibrator_safely(
-                    name, clean_scores[cal_idx], y[cal_idx]
+                    name, clean_scores[cal_idx], y[cal_idx], **options
                 )
             else:
                 calibrator, note = cal.make_calibrator("uncal"), None

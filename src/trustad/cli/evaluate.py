@@ -113,6 +113,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--flag-rate", type=float, default=0.05, help="false-flag rate of the entropy attack flag"
     )
     p.add_argument(
+        "--platt-c",
+        type=float,
+        default=None,
+        help="L2 regularisation of Platt scaling in scikit-learn's C units (default: none)",
+    )
+    p.add_argument(
         "--conformal-alpha",
         type=float,
         default=0.1,
@@ -165,6 +171,7 @@ def settings_from_args(args: argparse.Namespace):
         calibration_fraction=args.calibration_fraction,
         flag_rate=args.flag_rate,
         conformal_alpha=args.conformal_alpha,
+        platt_c=args.platt_c,
         pixel_metrics=not args.no_pixel_metrics,
         save_examples=args.save_examples,
     )
