@@ -182,3 +182,20 @@ def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
     assert {r["category"] for r in rows} == {"brick"}
     assert list(run.failures) == ["gravel"]
     assert str(broken) in run.failures["gravel"]
+
+
+def test_without_masks_the_probe_uses_image_labels(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset / "brick", root / "brick")
+    shutil.rmtree(root / "brick" / "ground_truth")
+    settings = _settings(root, seeds=1, shots=[1], attacks=["fgsm"])
+    rows = {
+        r["condition"]: r
+        for r in Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False).run()
+    }
+    assert "image labels" in rows["fgsm"]["note"]
+    assert "image labels" not in rows["clean"]["note"]
+    written = _read(tmp_path / "out" / "results.csv")
+    assert {r["pixel_auroc"] for r in written} == {""}  # undefined without masks: left empty

@@ -59,6 +59,7 @@ DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
 PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
 FLAG_METRICS = ("flag_auroc", "flag_tpr")
+IMAGE_LABEL_PROBE = "probe trained on image labels: no masks, every patch takes its image's label"
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
 SCORE_COLUMNS = (*KEY_COLUMNS, "image", "label", "split", "score")
 
@@ -286,8 +287,8 @@ class CategoryState:
     masks: list[np.ndarray] | None  # ground-truth masks at the original size
     clean_features: list[Tensor] | None = None
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
+    probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 class Evaluation:
@@ -350,15 +351,15 @@ class Evaluation:
 
     def _probe_labels(self, st: CategoryState) -> list[Tensor]:
         """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
-        out = []
-        for i, x in enumerate(st.images):
-            grid = (x.shape[1] // 14, x.shape[2] // 14)
-            if st.masks is not None:
-                m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
-            else:
-                m = torch.full(grid, bool(st.labels[i]))
-            out.append(m.float())
-        return out
+        if st.probe_labels is None:
+            st.probe_labels = []
+            for i, x in enumerate(st.images):
+                if st.masks is not None:
+                    m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
+                else:
+                    m = torch.full((x.shape[1] // 14, x.shape[2] // 14), bool(st.labels[i]))
+                st.probe_labels.append(m.float())
+        return st.probe_labels
 
     def _probe(self, st: CategoryState, seed: int, cal_idx: np.ndarray) -> torch.nn.Linear:
         if seed not in st.probes:
@@ -379,8 +380,8 @@ class Evaluation:
                 feats[None, None].to(device), targets[None, None].to(device), settings
             )
             st.probes[seed] = probe
-            if st.masks is None and "image-label probe" not in " ".join(st.notes):
-                st.notes.append("image-label probe: no masks, every patch takes its image's label")
+            if st.masks is None:
+                self.log(f"[{st.data.category}] {IMAGE_LABEL_PROBE}")
             self.log(
                 f"[{st.data.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
             )
@@ -604,7 +605,10 @@ class Evaluation:
             maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
             row["pixel_auroc"] = metrics.pixel_auroc(st.masks, maps)
             row["aupro"] = metrics.aupro(st.masks, maps)
-        notes = list(st.notes) + ([split_note] if split_note else [])
+        notes = [split_note] if split_note else []
+        attack = None if cond == CLEAN else self.s.attack(cond, eps)
+        if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
+            notes.append(IMAGE_LABEL_PROBE)
         row.update(self._calibration(st, shots, seed, cond, scores, cal_idx, eval_idx, notes))
         if adv_images is not None:
             pairs = [(a[None], b[None]) for a, b in zip(st.images, adv_images)]
