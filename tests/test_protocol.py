@@ -199,3 +199,10 @@ def test_without_masks_the_probe_uses_image_labels(dataset, tmp_path):
     assert "image labels" not in rows["clean"]["note"]
     written = _read(tmp_path / "out" / "results.csv")
     assert {r["pixel_auroc"] for r in written} == {""}  # undefined without masks: left empty
+
+
+def test_rotation_override(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], rotate=False)
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    run.run()
+    assert run.backbone_images == 10 + 4  # test images and the 4 support images, unrotated

@@ -88,6 +88,8 @@ class EvaluationSettings:
     weights: str | None = None
     preprocessing: str = "agnostic"
     mask_test: bool | None = None  # None: the category table's default
+    rotate: bool | None = None  # None: the category table's default
+    mask_support: bool = False
     mask_morphology: str = "grid"
     knn: int = 1
     batch_size: int = 8
@@ -312,12 +314,15 @@ class Evaluation:
         self.backbone_images += len(images)
         return extract_features(self.backbone, images, self.s.batch_size, self.s.bf16)
 
-    def _detector(self, rotate: bool, mask_test: bool) -> AnomalyDINO:
+    def _detector(self, category: str) -> AnomalyDINO:
+        """The detector for a category: the table's defaults unless the settings override."""
+        defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
         return AnomalyDINO(
             self.backbone,
             resolution=self.s.resolution,
-            rotate=rotate,
-            mask_test=mask_test,
+            rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
+            mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
+            mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
             batch_size=self.s.batch_size,
@@ -461,9 +466,7 @@ class Evaluation:
             self.log(f"[{category}] already complete, skipped")
             return
         st = self._load(category)
-        defaults = category_defaults(s.dataset, category, s.preprocessing)
-        mask_test = defaults.mask_test if s.mask_test is None else s.mask_test
-        det = self._detector(defaults.rotate, mask_test)
+        det = self._detector(category)
         st.clean_features = self._features_logged(st, st.images, "clean features")
         clean_fg = det.foreground(st.clean_features)
         for seed, cond, eps, shots in pending:

@@ -81,6 +81,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="override the category table's background masking of test images",
     )
     p.add_argument(
+        "--rotate",
+        type=_bool,
+        default=None,
+        metavar="on|off",
+        help="override the category table's rotation augmentation of support images",
+    )
+    p.add_argument(
+        "--mask-support",
+        action="store_true",
+        help="also mask the background of support images",
+    )
+    p.add_argument(
         "--mask-morphology",
         choices=("grid", "flat"),
         default="grid",
@@ -154,6 +166,8 @@ def settings_from_args(args: argparse.Namespace):
         weights=args.weights,
         preprocessing=args.preprocessing,
         mask_test=args.mask_test,
+        rotate=args.rotate,
+        mask_support=args.mask_support,
         mask_morphology=args.mask_morphology,
         knn=args.knn,
         batch_size=args.batch_size,
