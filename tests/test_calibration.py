@@ -162,6 +162,24 @@ def test_platt_separated_data_stays_finite() -> None:
     assert np.all(p[:3] < 1e-3) and np.all(p[3:] > 1 - 1e-3)
 
 
+def test_platt_smoothed_targets_fit_platts_targets() -> None:
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7])
+    y = np.array([0, 0, 0, 1, 1])
+    cal = PlattCalibrator(smooth_targets=True).fit(s, y)
+    assert cal.converged_  # separated classes, yet a finite optimum
+    # Stationarity of the log-loss against Platt's targets: (2+1)/(2+2) and 1/(3+2).
+    t = np.where(y == 1, 3 / 4, 1 / 5)
+    residual = cal.predict_proba(s) - t
+    assert residual.sum() == pytest.approx(0, abs=1e-9)
+    assert (residual * s).sum() == pytest.approx(0, abs=1e-9)
+    # With plenty of data the smoothing hardly matters.
+    rng = np.random.default_rng(0)
+    big = rng.random(20_000)
+    labels = rng.random(big.size) < expit(8 * big - 4)
+    smooth = PlattCalibrator(smooth_targets=True).fit(big, labels)
+    assert smooth.a_ == pytest.approx(PlattCalibrator().fit(big, labels).a_, rel=1e-3)
+
+
 def test_isotonic_is_monotone() -> None:
     s, y = _miscalibrated(500, 2)
     cal = IsotonicCalibrator().fit(s, y)

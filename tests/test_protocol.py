@@ -206,3 +206,34 @@ def test_rotation_override(dataset, tmp_path):
     run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     run.run()
     assert run.backbone_images == 10 + 4  # test images and the 4 support images, unrotated
+
+
+def test_platt_options_reach_results_and_figures(dataset, tmp_path):
+    from trustad import calibration as cal
+    from trustad.report import calibrated_scores, write_figures
+
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["noise"],
+        platt_smooth=True,
+        calibration_fraction=0.4,  # two images of each class: enough for a Platt fit
+    )
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    clean = next(r for r in rows if r["condition"] == "clean")
+    assert "platt" not in clean["note"]  # fitted, no fallback
+    scores = _read(tmp_path / "scores.csv")
+    mine = [r for r in scores if r["condition"] == "clean"]
+    part = {k: [r for r in mine if r["split"] == k] for k in ("calibration", "evaluation")}
+    s_cal, y_cal = ([float(r[c]) for r in part["calibration"]] for c in ("score", "label"))
+    platt = cal.PlattCalibrator(smooth_targets=True).fit(s_cal, y_cal)
+    p = platt.predict_proba([float(r["score"]) for r in part["evaluation"]])
+    y = [int(r["label"]) for r in part["evaluation"]]
+    assert float(clean["nll_platt"]) == pytest.approx(cal.nll(p, y), rel=1e-4)
+    pooled = calibrated_scores(scores, 1, settings.calibrator_options("platt"))
+    np.testing.assert_allclose(pooled["clean"]["platt"], p)
+    figures = write_figures(tmp_path)
+    assert [f.name for f in figures] == ["reliability_1shot.png", "entropy_1shot.png"]
+    assert all(f.stat().st_size > 0 for f in figures)

@@ -106,8 +106,8 @@ def _fit_logistic(
 ) -> tuple[np.ndarray, bool]:
     """Logistic regression by Newton's method with backtracking; the last column of x is 1.
 
-    Minimises the mean NLL (plus ||w||^2 / (2 c n) on the non-intercept weights when c is
-    given, the scaling of sklearn's C). Returns (weights, converged). Without regularisation
+    Minimises the mean NLL against targets y in [0, 1] (plus ||w||^2 / (2 c n) on the
+    non-intercept weights when c is given, the scaling of sklearn's C). Returns (weights, converged). Without regularisation
     on perfectly separated data the maximum-likelihood weights are infinite; the solver then
     stops once the mean NLL falls below 1e-6 (a steep but finite fit) with converged=False.
     """
@@ -164,19 +164,27 @@ class Uncalibrated:
 class PlattCalibrator:
     """Platt scaling: p = sigmoid(a_ * s + b_), logistic regression on the raw score.
 
-    Unregularised by default (the protocol); ``c`` adds an L2 penalty on ``a_`` with
-    sklearn's C scaling. ``converged_`` is False when the calibration classes are perfectly
-    separated and the unregularised fit was stopped (see ``_fit_logistic``).
+    Unregularised on 0/1 targets by default (the protocol). ``c`` adds an L2 penalty on
+    ``a_`` with sklearn's C scaling (not scale-free: it depends on the spread of the raw
+    scores). ``smooth_targets`` fits Platt's (1999) targets instead, (N+ + 1) / (N+ + 2) for
+    anomalous and 1 / (N- + 2) for normal images: a finite, less overconfident fit on small
+    or perfectly separated calibration sets. ``converged_`` is False when the classes are
+    perfectly separated and the unregularised fit on 0/1 targets was stopped (see
+    ``_fit_logistic``).
     """
 
     name = "platt"
 
-    def __init__(self, c: float | None = None) -> None:
+    def __init__(self, c: float | None = None, smooth_targets: bool = False) -> None:
         self.c = c
+        self.smooth_targets = smooth_targets
 
     def fit(self, scores: ArrayLike, labels: ArrayLike) -> PlattCalibrator:
         s = _scores(scores)
         y = _labels(labels, s.size)
+        if self.smooth_targets:
+            n_pos = y.sum()
+            y = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (y.size - n_pos + 2))
         w, self.converged_ = _fit_logistic(np.column_stack([s, np.ones_like(s)]), y, self.c)
         self.a_, self.b_ = float(w[0]), float(w[1])
         return self

@@ -106,6 +106,7 @@ class EvaluationSettings:
     probe_train_on: str = "test"
     calibration_fraction: float = 0.2
     platt_c: float | None = None  # None: unregularised (PROTOCOL); sklearn's default is 1.0
+    platt_smooth: bool = False  # Platt's (1999) smoothed targets instead of 0/1
     flag_rate: float = 0.05
     conformal_alpha: float = 0.1
     pixel_metrics: bool = True
@@ -143,6 +144,12 @@ class EvaluationSettings:
             if attack != "none":
                 out += [(attack, float(e)) for e in self.eps]
         return out
+
+    def calibrator_options(self, name: str) -> dict[str, Any]:
+        """Constructor options of calibrator ``name`` under these settings."""
+        if name != "platt":
+            return {}
+        return {"c": self.platt_c, "smooth_targets": self.platt_smooth}
 
     def attack(self, name: str, eps: float) -> AttackSettings:
         return AttackSettings(
@@ -644,9 +651,8 @@ class Evaluation:
         out: dict[str, float] = {}
         for name in cal.CALIBRATORS:
             if len(cal_idx):
-                options = {"c": self.s.platt_c} if name == "platt" and self.s.platt_c else {}
                 calibrator, note = cal.fit_calibrator_safely(
-                    name, clean_scores[cal_idx], y[cal_idx], **options
+                    name, clean_scores[cal_idx], y[cal_idx], **self.s.calibrator_options(name)
                 )
             else:
                 calibrator, note = cal.make_calibrator("uncal"), None

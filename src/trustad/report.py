@@ -7,6 +7,7 @@ over seeds, as PROTOCOL section 4 prescribes.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-CLEAN = "clean"
+from .protocol import CLEAN, EvaluationSettings
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -276,12 +277,24 @@ def example_figure(
     plt.close(fig)
 
 
+def _run_settings(out: Path) -> EvaluationSettings:
+    """The settings recorded in a run folder's run.json."""
+    path = out / "run.json"
+    try:
+        return EvaluationSettings.from_dict(json.loads(path.read_text())["settings"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read the run's settings ({exc})") from exc
+
+
 def calibrated_scores(
-    scores_rows: Sequence[dict[str, Any]], shots: int
+    scores_rows: Sequence[dict[str, Any]],
+    shots: int,
+    platt_options: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Pooled evaluation-part probabilities at ``shots``, uncalibrated and Platt, per
-    condition label: Platt fitted per (dataset, category, seed) on clean calibration scores,
-    exactly as the evaluation does. Returns {condition: {"y", "uncal", "platt"}}."""
+    condition label: Platt (with the run's ``platt_options``) fitted per (dataset, category,
+    seed) on clean calibration scores, exactly as the evaluation does.
+    Returns {condition: {"y", "uncal", "platt"}}."""
     from . import calibration as cal
 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -293,7 +306,7 @@ def calibrated_scores(
         cal_rows = [r for r in rows if r["condition"] == CLEAN and r["split"] == "calibration"]
         s = np.array([float(r["score"]) for r in cal_rows])
         y = np.array([int(r["label"]) for r in cal_rows])
-        platt, _ = cal.fit_calibrator_safely("platt", s, y)
+        platt, _ = cal.fit_calibrator_safely("platt", s, y, **(platt_options or {}))
         uncal = cal.make_calibrator("uncal")
         for r in rows:
             if r["split"] != "evaluation":
@@ -322,7 +335,7 @@ def write_figures(out: str | Path, shots: int | None = None) -> list[Path]:
     if not rows:
         return []
     shots = shots if shots is not None else min(int(r["shots"]) for r in rows)
-    pooled = calibrated_scores(rows, shots)
+    pooled = calibrated_scores(rows, shots, _run_settings(out).calibrator_options("platt"))
     paths = []
     clean = pooled.get(CLEAN)
     if clean is not None and len(clean["y"]):

@@ -131,6 +131,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="L2 regularisation of Platt scaling in scikit-learn's C units (default: none)",
     )
     p.add_argument(
+        "--platt-smooth",
+        action="store_true",
+        help="fit Platt scaling to Platt's smoothed targets (N+1)/(N+2) and 1/(N+2) instead "
+        "of 0/1: less overconfident on small or separable calibration sets",
+    )
+    p.add_argument(
         "--conformal-alpha",
         type=float,
         default=0.1,
@@ -186,6 +192,7 @@ def settings_from_args(args: argparse.Namespace):
         flag_rate=args.flag_rate,
         conformal_alpha=args.conformal_alpha,
         platt_c=args.platt_c,
+        platt_smooth=args.platt_smooth,
         pixel_metrics=not args.no_pixel_metrics,
         save_examples=args.save_examples,
     )
