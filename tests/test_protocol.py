@@ -82,6 +82,9 @@ def test_clean_grid_reuses_features_and_resumes(dataset, tmp_path):
         "nll_uncal",
     ):
         assert 0.0 <= float(r0[col]) <= max(1.0, float(r0[col]))  # defined, finite
+    # Two calibration images (one per class) cannot fit Platt: a fallback, said once.
+    assert r0["note"].count("platt: calibration set has 1 normal and 1 anomalous") == 1
+    assert "platt: platt" not in r0["note"]
     # A second run with the same folder computes nothing.
     again = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     again.run()

@@ -657,7 +657,7 @@ class Evaluation:
             else:
                 calibrator, note = cal.make_calibrator("uncal"), None
             if note:
-                notes.append(f"{name}: {note}")
+                notes.append(note)  # names the calibrator already
             p = calibrator.predict_proba(scores[eval_idx])
             yy = y[eval_idx]
             out[f"ece_{name}"] = cal.ece(p, yy)
