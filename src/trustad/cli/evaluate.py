@@ -205,6 +205,8 @@ def execute(settings, out: str | Path, device: str, quiet: bool) -> list[dict]:
     from ..report import summary, write_figures, write_report
 
     backbone = load_backbone(settings.backbone, settings.weights, device=device)
+    source = backbone.weights_source
+    print(f"weights: {source.label}, {source.path} (sha256 {source.sha256[:12]})")
     run = Evaluation(settings, backbone, out, progress=not quiet)
     run.store.record_provenance({"weights": backbone.weights_source.to_dict()})
     rows = run.run()
