@@ -129,29 +129,25 @@ def pixel_auroc(masks: Sequence[ArrayLike], maps: Sequence[ArrayLike]) -> float:
     """AUROC over all pixels of all images pooled. NaN when all pixels share one class."""
     pairs = _pairs(masks, maps)
     y = np.concatenate([m.ravel() for m, _ in pairs])
-    # Widening float32 is exact, and numpy sorts float64 faster here.
-    s = np.concatenate([a.ravel() for _, a in pairs]).astype(np.float64)
+    # Scores keep their dtype: float32 maps sort several times faster than float64 ones.
+    s = np.concatenate([a.ravel() for _, a in pairs])
     if y.all() or not y.any():
         return float("nan")
     return _rank_auc(y, s)
 
 
 def _rank_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """AUROC as the Mann-Whitney statistic with mid-ranks for ties (same value as sklearn).
+    """AUROC as the Mann-Whitney statistic, ties counting one half (sklearn's value).
 
-    One sort instead of sklearn's curve construction: several times faster on millions of
-    pixels.
+    The normal scores are sorted once (a plain value sort, several times faster than an
+    argsort or sklearn's curve on millions of pixels) and each anomalous score is located
+    among them.
     """
-    order = np.argsort(s)  # order within ties is irrelevant: ties share a mid-rank
-    s_sorted = s[order]
-    pos_sorted = y[order].astype(np.int64)
-    starts = np.flatnonzero(np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]]))
-    ends = np.append(starts[1:], s.size)
-    mid_rank = (starts + 1 + ends) / 2.0  # 1-based ranks start+1 .. end, averaged
-    rank_sum = float(np.dot(np.add.reduceat(pos_sorted, starts), mid_rank))
-    n_pos = int(pos_sorted.sum())
-    n_neg = s.size - n_pos
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    normal = np.sort(s[~y])
+    anomalous = s[y]
+    below = np.searchsorted(normal, anomalous, side="left").sum(dtype=np.int64)
+    not_above = np.searchsorted(normal, anomalous, side="right").sum(dtype=np.int64)
+    return float((below + 0.5 * (not_above - below)) / (anomalous.size * normal.size))
 
 
 def _pixels(
