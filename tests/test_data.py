@@ -390,3 +390,14 @@ def test_category_defaults() -> None:
     with pytest.raises(ValueError) as err:
         category_defaults("mvtec", "screw", "clever")
     assert "agnostic" in str(err.value) and "informed" in str(err.value)
+
+
+def test_root_given_as_dot_keeps_the_category_name(tmp_path, monkeypatch):
+    from trustad.data import make_synthetic_dataset
+
+    make_synthetic_dataset(
+        tmp_path, categories=("brick",), n_train=1, n_test_good=1, n_test_defect=1, size=32
+    )
+    monkeypatch.chdir(tmp_path / "brick")
+    assert list_categories("folder", ".") == ["brick"]
+    assert load_category("folder", ".", "brick").category == "brick"

@@ -122,6 +122,13 @@ def test_attacks_add_conditions(dataset, tmp_path):
     examples = sorted(p.name for p in (tmp_path / "examples" / "brick").iterdir())
     assert len(examples) == 2 * 7  # one anomalous image: input PNG and panel, 7 conditions
     assert "test_color_spot_000_fgsm_eps8_input.png" in examples
+    # eps is written in full, so the attack units are found done on resume.
+    written = _read(tmp_path / "results.csv")
+    assert {float(r["eps"]) for r in written} == {0.0, 8 / 255, 16 / 255}
+    again = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    again.run()
+    assert again.backbone_images == 0
+    assert len(_read(tmp_path / "results.csv")) == len(written)
 
 
 def test_resume_rejects_other_settings(dataset, tmp_path):
@@ -240,3 +247,62 @@ def test_platt_options_reach_results_and_figures(dataset, tmp_path):
     figures = write_figures(tmp_path)
     assert [f.name for f in figures] == ["reliability_1shot.png", "entropy_1shot.png"]
     assert all(f.stat().st_size > 0 for f in figures)
+
+
+def test_repeated_rows_are_dropped(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1, shots=[1])
+    Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    for name in ("results.csv", "scores.csv"):
+        lines = (tmp_path / name).read_text().splitlines()
+        (tmp_path / name).write_text("\n".join(lines + lines[1:]) + "\n")
+    assert len(read_results(tmp_path)) == 1
+    store = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).store
+    assert len(_read(tmp_path / "results.csv")) == 1
+    assert len(_read(tmp_path / "scores.csv")) == 10 == len(store.scores)
+
+
+def test_resume_refuses_other_weights(dataset, tmp_path):
+    import json
+    from pathlib import Path
+
+    from trustad.backbone.weights import WeightsSource
+
+    def backbone(sha: str):
+        model = make_tiny_vit()
+        model.weights_source = WeightsSource("tiny", Path("w.safetensors"), "test", "tiny", sha)
+        return model
+
+    settings = _settings(dataset, categories=["brick"], seeds=1, shots=[1])
+    Evaluation(settings, backbone("a" * 64), tmp_path, progress=False).run()
+    more = _settings(dataset, categories=["brick"], seeds=1, shots=[1, 2])
+    Evaluation(more, backbone("a" * 64), tmp_path, progress=False)  # same weights: fine
+    assert json.loads((tmp_path / "run.json").read_text())["weights"]["sha256"] == "a" * 64
+    with pytest.raises(ValueError, match="other weights"):
+        Evaluation(more, backbone("b" * 64), tmp_path, progress=False)
+
+
+def test_impossible_shots_are_skipped_once_and_for_all(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1, shots=[1, 8])  # 4 train images
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    assert {int(r["shots"]) for r in run.run()} == {1}
+    again = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    again.run()
+    assert again.backbone_images == 0  # nothing left to do: the category is not even loaded
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"conformal_alpha": 0.0},
+        {"flag_rate": 1.5},
+        {"knn": 0},
+        {"platt_c": 0.0},
+        {"mask_morphology": "disc"},
+        {"preprocessing": "some"},
+        {"probe_steps": 0},
+        {"attacks": ["pgd"], "pgd_steps": 0},
+    ],
+)
+def test_bad_values_are_rejected_before_any_work(dataset, bad):
+    with pytest.raises(ValueError):
+        _settings(dataset, **bad)

@@ -47,6 +47,7 @@ from .data import CategoryData, image_size, list_categories, load_category, load
 from .data import support_paths as select_support
 from .data.catalog import category_defaults
 from .detector import (
+    MASK_MORPHOLOGY,
     AnomalyDINO,
     _batches,
     anomaly_map,
@@ -128,6 +129,24 @@ class EvaluationSettings:
             raise ValueError(
                 f"calibration fraction must lie in (0, 1), got {self.calibration_fraction}"
             )
+        # Everything else is checked here too, before any feature is computed: a bad value
+        # found mid-run would be recorded in run.json and then block the corrected rerun.
+        if not 0 < self.conformal_alpha < 1:
+            raise ValueError(f"conformal alpha must lie in (0, 1), got {self.conformal_alpha}")
+        if not 0 <= self.flag_rate <= 1:
+            raise ValueError(f"flag rate must lie in [0, 1], got {self.flag_rate}")
+        if self.knn < 1 or self.batch_size < 1:
+            raise ValueError(f"knn and batch size must be >= 1, got {self.knn}, {self.batch_size}")
+        if self.platt_c is not None and not self.platt_c > 0:
+            raise ValueError(f"platt_c must be positive, got {self.platt_c}")
+        if self.mask_morphology not in MASK_MORPHOLOGY:
+            raise ValueError(
+                f"mask morphology must be one of {MASK_MORPHOLOGY}, got {self.mask_morphology!r}"
+            )
+        category_defaults(self.dataset, "", self.preprocessing)  # checks both names
+        ProbeSettings(self.probe_steps, self.probe_lr, 0, self.probe_train_on)
+        for name, eps in self.conditions()[1:]:
+            self.attack(name, eps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,20 +205,37 @@ class Progress:
 
 
 def _fmt(value: Any) -> Any:
+    # Floats in full (repr round-trips): eps keys must match on resume, and calibrators
+    # fitted on clean scores read back must see the scores a fresh run sees.
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return "" if math.isnan(value) else repr(float(value))  # not "np.float64(...)"
     return "" if value is None else value
 
 
 def _key(row: dict[str, Any]) -> tuple:
-    return (
-        str(row["dataset"]),
-        str(row["category"]),
-        int(row["shots"]),
-        int(row["seed"]),
-        str(row["condition"]),
-        round(float(row["eps"]), 8),
+    return unit_key(
+        row["dataset"], row["category"], row["shots"], row["seed"], row["condition"], row["eps"]
     )
+
+
+def unit_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps: Any) -> tuple:
+    """The identity of one result row, the same whether its values come from a CSV file
+    (strings) or from a running evaluation. eps is compared to 6 significant digits, which
+    also matches folders written when eps was stored with 6 digits."""
+    eps = float(f"{float(eps):.6g}")
+    return (str(dataset), str(category), int(shots), int(seed), str(cond), eps)
+
+
+def unique_rows(rows: Iterable[dict[str, Any]], extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows without repeats of the same unit key (plus ``extra`` columns); the first stays."""
+    seen: set[tuple] = set()
+    out = []
+    for r in rows:
+        key = (*_key(r), *(str(r[c]) for c in extra))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 class ResultStore:
@@ -212,21 +248,33 @@ class ResultStore:
         self.scores_path = self.out / "scores.csv"
         self.settings_path = self.out / "run.json"
         self._check_settings(settings)
-        self.rows = self._read(self.results_path)
+        self.rows = unique_rows(self._read(self.results_path))
         done = {_key(r) for r in self.rows}
         # Score rows without their results rows belong to an interrupted unit: drop them.
         scores = [r for r in self._read(self.scores_path) if _key(r) in done]
+        scores = unique_rows(scores, extra=("image",))
         self.scores = scores
         self._rewrite(self.scores_path, SCORE_COLUMNS, scores)
         self._rewrite(self.results_path, result_columns(), self.rows)
 
+    def _run_file(self) -> dict[str, Any]:
+        if not self.settings_path.exists():
+            return {}
+        try:
+            data = json.loads(self.settings_path.read_text())
+            data["settings"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
+        return data
+
+    def _write_run_file(self, data: dict[str, Any]) -> None:
+        self.settings_path.write_text(json.dumps(data, indent=2, default=str))
+
     def _check_settings(self, settings: EvaluationSettings) -> None:
         new = settings.to_dict()
-        if self.settings_path.exists():
-            try:
-                old = json.loads(self.settings_path.read_text())["settings"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
+        data = self._run_file()
+        if data:
+            old = data["settings"]
             changed = sorted(
                 k for k in new if k not in _RESUME_FREE and old.get(k, new[k]) != new[k]
             )
@@ -235,12 +283,24 @@ class ResultStore:
                     f"{self.out} holds a run with other settings ({', '.join(changed)}); "
                     "use another --out folder or the same settings to resume"
                 )
-        self.settings_path.write_text(json.dumps({"settings": new}, indent=2))
+        data["settings"] = new  # keeps what else the file records (the weights)
+        self._write_run_file(data)
 
-    def record_provenance(self, info: dict[str, Any]) -> None:
-        data = json.loads(self.settings_path.read_text())
-        data.update(info)
-        self.settings_path.write_text(json.dumps(data, indent=2, default=str))
+    def record_weights(self, source: dict[str, Any]) -> None:
+        """Record the weights' provenance; refuse to add results computed with other weights
+        (the same settings can resolve to another file, e.g. once a download succeeds)."""
+        data = self._run_file()
+        old = data.get("weights")
+        if old and old.get("sha256") != source.get("sha256"):
+            raise ValueError(
+                f"{self.out} holds results computed with other weights: {old.get('label')} "
+                f"({old.get('path')}, sha256 {str(old.get('sha256'))[:12]}); this run would use "
+                f"{source.get('label')} ({source.get('path')}, sha256 "
+                f"{str(source.get('sha256'))[:12]}). Pass --weights with the earlier file to "
+                "resume, or use another --out folder"
+            )
+        data["weights"] = source
+        self._write_run_file(data)
 
     @staticmethod
     def _read(path: Path) -> list[dict[str, Any]]:
@@ -267,8 +327,7 @@ class ResultStore:
     def done(
         self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float
     ) -> bool:
-        key = (dataset, category, shots, seed, cond, round(eps, 8))
-        return key in {_key(r) for r in self.rows}
+        return unit_key(dataset, category, shots, seed, cond, eps) in {_key(r) for r in self.rows}
 
     def add(self, results: list[dict[str, Any]], scores: list[dict[str, Any]]) -> None:
         """Write one unit: its scores first, then its results (which mark it done)."""
@@ -281,7 +340,7 @@ class ResultStore:
         return {
             r["image"]: float(r["score"])
             for r in self.scores
-            if _key(r) == (dataset, category, shots, seed, CLEAN, 0.0)
+            if _key(r) == unit_key(dataset, category, shots, seed, CLEAN, 0.0)
         }
 
 
@@ -313,6 +372,9 @@ class Evaluation:
         self.s = settings
         self.backbone = backbone
         self.store = ResultStore(out, settings)
+        source = getattr(backbone, "weights_source", None)  # set by load_backbone
+        if source is not None:
+            self.store.record_weights(source.to_dict())
         self.log = Progress(progress)
         self.backbone_images = 0  # images passed through the backbone without gradient
 
@@ -345,8 +407,8 @@ class Evaluation:
             self.log(f"[{st.data.category}] support features", len(missing), len(missing))
 
     # -- per category -----------------------------------------------------------------
-    def _load(self, category: str) -> CategoryState:
-        data = load_category(self.s.dataset, self.s.root, category)
+    def _load(self, data: CategoryData) -> CategoryState:
+        category = data.category
         self.log(
             f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
         )
@@ -452,15 +514,26 @@ class Evaluation:
         )
         return self.store.rows
 
-    def _pending(self, category: str) -> list[tuple[int, str, float, list[int]]]:
-        """Units (seed, condition, eps, shots still to do) of this category."""
+    def _pending(self, data: CategoryData) -> list[tuple[int, str, float, list[int]]]:
+        """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
+        which the category has too few training images are skipped (and said so)."""
+        possible = {}
+        for seed in range(self.s.seeds):
+            for k in self.s.shots:
+                try:
+                    select_support(data.train, k, seed)
+                    possible[seed, k] = True
+                except ValueError as exc:
+                    possible[seed, k] = False
+                    self.log(f"[{data.category}] skipped {k} shots, seed {seed}: {exc}")
         out = []
         for seed in range(self.s.seeds):
             for cond, eps in self.s.conditions():
                 shots = [
                     k
                     for k in self.s.shots
-                    if not self.store.done(self.s.dataset, category, k, seed, cond, eps)
+                    if possible[seed, k]
+                    and not self.store.done(self.s.dataset, data.category, k, seed, cond, eps)
                 ]
                 if shots:
                     out.append((seed, cond, eps, shots))
@@ -468,31 +541,23 @@ class Evaluation:
 
     def _run_category(self, category: str) -> None:
         s = self.s
-        pending = self._pending(category)
+        data = load_category(s.dataset, s.root, category)
+        pending = self._pending(data)
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return
-        st = self._load(category)
+        st = self._load(data)
         det = self._detector(category)
         st.clean_features = self._features_logged(st, st.images, "clean features")
         clean_fg = det.foreground(st.clean_features)
         for seed, cond, eps, shots in pending:
-            usable = []
-            for k in shots:
-                try:
-                    select_support(st.data.train, k, seed)
-                    usable.append(k)
-                except ValueError as exc:
-                    self.log(f"[{category}] skipped {k} shots, seed {seed}: {exc}")
-            if not usable:
-                continue
             split = self._split(st, seed)
             if cond == CLEAN:
-                per_shot = {k: (st.clean_features, clean_fg, None) for k in usable}
+                per_shot = {k: (st.clean_features, clean_fg, None) for k in shots}
             else:
-                per_shot = self._adversarial(st, det, cond, eps, seed, usable, split[0])
+                per_shot = self._adversarial(st, det, cond, eps, seed, shots, split[0])
             results, scores = [], []
-            for k in usable:
+            for k in shots:
                 feats, fg, adv_images = per_shot[k]
                 self._fit(det, st, k, seed)
                 dists = det.distances_from_features(feats, fg)
@@ -502,7 +567,7 @@ class Evaluation:
                 )
                 results.append(row)
                 scores.extend(score_rows)
-                if s.save_examples and k == usable[0] and seed == 0:
+                if s.save_examples and k == shots[0] and seed == 0:
                     self._save_examples(st, cond, eps, adv_images or st.images, dists)
             self.store.add(results, scores)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import CLEAN, EvaluationSettings
+from .protocol import CLEAN, EvaluationSettings, unique_rows
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -26,7 +26,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {path} (run `trustad evaluate` first)")
     with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+        # A folder written before repeats were prevented may hold one unit twice.
+        return unique_rows(csv.DictReader(fh))
 
 
 def _num(v: Any) -> float:

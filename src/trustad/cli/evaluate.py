@@ -208,7 +208,6 @@ def execute(settings, out: str | Path, device: str, quiet: bool) -> list[dict]:
     source = backbone.weights_source
     print(f"weights: {source.label}, {source.path} (sha256 {source.sha256[:12]})")
     run = Evaluation(settings, backbone, out, progress=not quiet)
-    run.store.record_provenance({"weights": backbone.weights_source.to_dict()})
     rows = run.run()
     path = write_report(out)
     figures = write_figures(out)

@@ -84,7 +84,8 @@ def _check_dataset(dataset: str) -> None:
 
 
 def _check_root(root: str | Path) -> Path:
-    root = Path(root)
+    # Absolute, so that "." or ".." still has a name (the category, when root is one).
+    root = Path(root).resolve()
     if not root.exists():
         raise FileNotFoundError(f"dataset root not found: {root}")
     if not root.is_dir():
