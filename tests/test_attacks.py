@@ -263,3 +263,11 @@ def test_linf_and_psnr_hand_values():
     assert values[1].item() == math.inf
     probe = torch.full((1, 3, 4, 4), 0.5)
     assert psnr(probe, probe + 0.1)[0].item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_probe_trains_on_features_from_the_extractor() -> None:
+    from trustad.detector import extract_features
+
+    feats = extract_features(make_tiny_vit(), [torch.rand(3, 56, 56)])
+    probe, history = train_probe(feats[0][None], torch.zeros(1, 4, 4), ProbeSettings(steps=3))
+    assert history[-1] < history[0]

@@ -12,7 +12,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from trustad.backbone.dinov2 import ViTConfig, build_model, interpolate_pos_embed
-from trustad.backbone.preprocess import load_rgb8, preprocess, rotate_rgb8
+from trustad.backbone.preprocess import (
+    load_rgb8,
+    patch_mask,
+    preprocess,
+    preprocess_mask,
+    rotate_rgb8,
+)
 from trustad.backbone.weights import load_weights_into, read_state_dict
 
 
@@ -226,3 +232,26 @@ def test_rotate_rgb8_matches_opencv(angle):
         ours = np.asarray(rotate_rgb8(Image.fromarray(arr), angle))
         assert ours.shape == ref.shape
         assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_patch_mask_keeps_a_tiny_defect_of_a_large_mask() -> None:
+    # A 2x2-pixel defect in a 1500x1500 mask (VisA scale): its patch must be anomalous.
+    mask = np.zeros((1500, 1500), bool)
+    mask[702:704, 1003:1005] = True  # a block that nearest-neighbour resizing drops
+    small = preprocess_mask(mask, 448)
+    assert small.shape == (448, 448)
+    patches = patch_mask(small)
+    assert patches.shape == (32, 32)
+    # The patches whose source footprint overlaps the defect (here it straddles two rows).
+    scale = 448 / 1500 / 14  # source pixels -> patch units
+    rows = range(math.floor(702 * scale), math.ceil(704 * scale))
+    cols = range(math.floor(1003 * scale), math.ceil(1005 * scale))
+    assert (
+        patches.nonzero().tolist() == [[r, c] for r in rows for c in cols] == [[14, 21], [15, 21]]
+    )
+
+
+def test_patch_mask_is_any_pixel_per_patch() -> None:
+    mask = torch.zeros(28, 42, dtype=torch.bool)
+    mask[13, 14] = True  # last row of patch row 0, first column of patch column 1
+    np.testing.assert_array_equal(patch_mask(mask).numpy(), [[False, True, False], [False] * 3])

@@ -306,3 +306,17 @@ def test_impossible_shots_are_skipped_once_and_for_all(dataset, tmp_path):
 def test_bad_values_are_rejected_before_any_work(dataset, bad):
     with pytest.raises(ValueError):
         _settings(dataset, **bad)
+
+
+def test_probe_on_a_missing_calibration_split_says_why(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset / "brick", root / "brick")
+    for defect in sorted((root / "brick" / "test").glob("[!g]*/*.png"))[1:]:
+        defect.unlink()  # one anomalous image left: no stratified calibration split
+    settings = _settings(root, seeds=1, shots=[1], attacks=["fgsm"], probe_train_on="calibration")
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    rows = run.run()
+    assert [r["condition"] for r in rows] == ["clean"]  # saved before the attack failed
+    assert "calibration split" in run.failures["brick"]

@@ -174,7 +174,7 @@ def _batches(tensors: Sequence[Tensor], batch_size: int) -> Iterator[tuple[int, 
         start = end
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors could not be used with autograd later
 def extract_features(
     backbone: torch.nn.Module,
     images: Sequence[Tensor],

@@ -438,6 +438,12 @@ class Evaluation:
     def _probe(self, st: CategoryState, seed: int, cal_idx: np.ndarray) -> torch.nn.Linear:
         if seed not in st.probes:
             train = range(len(st.images)) if self.s.probe_train_on == "test" else cal_idx
+            if len(train) == 0:
+                raise ValueError(
+                    f"{st.data.category}, seed {seed}: the probe is to be trained on the "
+                    "calibration split (probe_train_on='calibration'), but this category has "
+                    "none (see the clean rows' note); use probe_train_on='test'"
+                )
             labels = self._probe_labels(st)
             feats = torch.cat(
                 [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]

@@ -116,12 +116,14 @@ def preprocess(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tenso
 
 
 def preprocess_mask(mask: np.ndarray, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
-    """A boolean (H, W) mask resized (nearest) and cropped exactly like its image."""
+    """A boolean (H, W) mask resized and cropped exactly like its image. A resized pixel is
+    set when any source pixel under it is (a box filter, then > 0), so that small or thin
+    defects survive the downscaling."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    img = Image.fromarray((mask > 0).astype(np.uint8) * 255)
-    img = img.resize(resized_size(*img.size, resolution), Image.NEAREST)
+    img = Image.fromarray((mask > 0).astype(np.float32))  # mode "F"
+    img = img.resize(resized_size(*img.size, resolution), Image.BOX)
     return crop_to_patches(torch.from_numpy(np.asarray(img) > 0))
 
 
