@@ -107,9 +107,10 @@ def _fit_logistic(
     """Logistic regression by Newton's method with backtracking; the last column of x is 1.
 
     Minimises the mean NLL against targets y in [0, 1] (plus ||w||^2 / (2 c n) on the
-    non-intercept weights when c is given, the scaling of sklearn's C). Returns (weights, converged). Without regularisation
-    on perfectly separated data the maximum-likelihood weights are infinite; the solver then
-    stops once the mean NLL falls below 1e-6 (a steep but finite fit) with converged=False.
+    non-intercept weights when c is given, the scaling of sklearn's C). Returns (weights,
+    converged). Without regularisation on perfectly separated 0/1 targets the
+    maximum-likelihood weights are infinite; the solver then stops once the mean NLL falls
+    below 1e-6 (a steep but finite fit) with converged=False.
     """
     n, d = x.shape
     ridge = np.zeros(d)

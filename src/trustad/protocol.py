@@ -262,9 +262,10 @@ class ResultStore:
             return {}
         try:
             data = json.loads(self.settings_path.read_text())
-            data["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except json.JSONDecodeError as exc:
             raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
+        if not isinstance(data, dict) or "settings" not in data:
+            raise ValueError(f"{self.settings_path} is not a trustad run file: no settings")
         return data
 
     def _write_run_file(self, data: dict[str, Any]) -> None:
