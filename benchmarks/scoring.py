@@ -22,7 +22,7 @@ import torch
 from trustad.backbone import build_model, load_backbone
 from trustad.data import load_category, make_synthetic_dataset, support_paths
 from trustad.detector import AnomalyDINO
-from trustad.protocol import Evaluation, EvaluationSettings
+from trustad.evaluation import Evaluation, EvaluationSettings
 
 
 def backbone_or_random():

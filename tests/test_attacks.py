@@ -266,8 +266,8 @@ def test_linf_and_psnr_hand_values():
 
 
 def test_probe_trains_on_features_from_the_extractor() -> None:
-    from trustad.detector import extract_features
+    from trustad.backbone.runtime import BackboneRuntime
 
-    feats = extract_features(make_tiny_vit(), [torch.rand(3, 56, 56)])
+    feats = BackboneRuntime(make_tiny_vit()).features([torch.rand(3, 56, 56)])
     probe, history = train_probe(feats[0][None], torch.zeros(1, 4, 4), ProbeSettings(steps=3))
     assert history[-1] < history[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from trustad import metrics
-from trustad.protocol import Evaluation, EvaluationSettings
+from trustad.evaluation import Evaluation, EvaluationSettings
 
 pytestmark = pytest.mark.real_weights
 

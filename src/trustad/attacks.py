@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .detector import autocast_context
+from .backbone.runtime import autocast_context
 
 ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd")
 DEFAULT_EPS = 8 / 255

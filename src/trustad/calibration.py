@@ -53,6 +53,8 @@ __all__ = [
 
 # Probabilities are clipped to [EPS, 1 - EPS] wherever a logarithm is taken (as for NLL).
 EPS = 1e-7
+DEFAULT_FLAG_RATE = 0.05  # false flags allowed on clean inputs
+DEFAULT_CALIBRATION_FRACTION = 0.2  # share of test images that fit the calibrators
 
 
 def _scores(x: ArrayLike, what: str = "scores") -> np.ndarray:
@@ -475,7 +477,7 @@ class EntropyFlag:
     flag rate can be below the target.
     """
 
-    def __init__(self, false_flag_rate: float = 0.05) -> None:
+    def __init__(self, false_flag_rate: float = DEFAULT_FLAG_RATE) -> None:
         self.false_flag_rate = false_flag_rate
 
     def fit(self, clean_entropies: ArrayLike) -> EntropyFlag:
@@ -497,7 +499,7 @@ def flagging_auroc(clean_entropies: ArrayLike, adversarial_entropies: ArrayLike)
 
 
 def tpr_at_fpr(
-    clean_entropies: ArrayLike, adversarial_entropies: ArrayLike, fpr: float = 0.05
+    clean_entropies: ArrayLike, adversarial_entropies: ArrayLike, fpr: float = DEFAULT_FLAG_RATE
 ) -> float:
     """Fraction of adversarial inputs flagged at the :class:`EntropyFlag` threshold set on
     the clean entropies for a false-flag rate of at most ``fpr``."""
@@ -577,7 +579,7 @@ class CalibrationSplitError(ValueError):
 
 
 def calibration_split(
-    labels: ArrayLike, fraction: float = 0.2, seed: int = 0
+    labels: ArrayLike, fraction: float = DEFAULT_CALIBRATION_FRACTION, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices (calibration, evaluation): a seeded split stratified by label.
 

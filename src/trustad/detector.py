@@ -8,10 +8,7 @@ can compute each image's features once and reuse them across shots, seeds and co
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +16,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, preprocess, rotate_rgb8
+from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, rotate_rgb8
+from .backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 
 ROTATION_ANGLES = (0, 45, 90, 135, 180, 225, 270, 315)
 TOP_FRACTION = 0.01
@@ -137,60 +135,6 @@ def anomaly_map(distances: Tensor, size: tuple[int, int]) -> np.ndarray:
     return ndimage.gaussian_filter(up[0, 0].numpy(), sigma=MAP_SIGMA)
 
 
-@functools.cache
-def _warn_if_cpu_lacks_bf16() -> None:
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn(
-            "this CPU has no native bfloat16: bf16 autocast runs several times slower than "
-            "fp32 here; leave it off on this machine",
-            stacklevel=3,
-        )
-
-
-def autocast_context(
-    device: torch.device | str, enabled: bool
-) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on ``device`` when ``enabled``, else a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
-    kind = torch.device(device).type
-    if kind == "cpu":
-        _warn_if_cpu_lacks_bf16()
-    return torch.autocast(kind, dtype=torch.bfloat16)
-
-
-def _batches(tensors: Sequence[Tensor], batch_size: int) -> Iterator[tuple[int, Tensor]]:
-    """Consecutive runs of equally-sized tensors, stacked, with their start index."""
-    start = 0
-    while start < len(tensors):
-        end = start + 1
-        while (
-            end < len(tensors)
-            and end - start < batch_size
-            and tensors[end].shape == tensors[start].shape
-        ):
-            end += 1
-        yield start, torch.stack(list(tensors[start:end]))
-        start = end
-
-
-@torch.no_grad()  # not inference_mode: its tensors could not be used with autograd later
-def extract_features(
-    backbone: torch.nn.Module,
-    images: Sequence[Tensor],
-    batch_size: int = 8,
-    bf16: bool = False,
-) -> list[Tensor]:
-    """Patch features (h, w, D), float32 on the CPU, of preprocessed images (3, H, W)."""
-    device = next(backbone.parameters()).device
-    out: list[Tensor] = []
-    for _, batch in _batches(images, batch_size):
-        with autocast_context(device, bf16):
-            feats = backbone.patch_features(batch.to(device))
-        out.extend(feats.float().cpu())
-    return out
-
-
 class AnomalyDINO:
     """The AnomalyDINO few-shot detector.
 
@@ -199,13 +143,16 @@ class AnomalyDINO:
 
     Parameters follow PROTOCOL section 2: ``rotate`` adds the 8 rotations of every support
     image to the bank; ``mask_test`` / ``mask_support`` apply zero-shot background masking;
-    ``knn`` averages the k nearest bank patches. ``bf16`` runs the backbone under bfloat16
-    autocast (faster on CPUs and GPUs that support it; scores change slightly).
+    ``knn`` averages the k nearest bank patches.
+
+    ``backbone`` is a plain backbone module, run as ``resolution``, ``batch_size`` and
+    ``bf16`` (bfloat16 autocast for features and gradients; faster where supported, scores
+    change slightly) say, or a ``BackboneRuntime``, which brings its own.
     """
 
     def __init__(
         self,
-        backbone: torch.nn.Module,
+        backbone: torch.nn.Module | BackboneRuntime,
         *,
         resolution: int = DEFAULT_RESOLUTION,
         rotate: bool = True,
@@ -213,34 +160,45 @@ class AnomalyDINO:
         mask_support: bool = False,
         mask_morphology: str = "grid",
         knn: int = 1,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         bf16: bool = False,
     ) -> None:
         if knn < 1:
             raise ValueError(f"knn must be >= 1, got {knn}")
-        self.backbone = backbone
-        self.resolution = resolution
+        if mask_morphology not in MASK_MORPHOLOGY:
+            raise ValueError(
+                f"mask morphology must be one of {MASK_MORPHOLOGY}, got {mask_morphology!r}"
+            )
+        if not isinstance(backbone, BackboneRuntime):
+            backbone = BackboneRuntime(
+                backbone,
+                resolution=resolution,
+                batch_size=batch_size,
+                features_bf16=bf16,
+                gradients_bf16=bf16,
+            )
+        self.runtime = backbone
+        self.backbone = backbone.backbone
+        self.resolution = backbone.resolution
         self.rotate = rotate
         self.mask_test = mask_test
         self.mask_support = mask_support
         self.mask_morphology = mask_morphology
         self.knn = knn
-        self.batch_size = batch_size
-        self.bf16 = bf16
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        return self.runtime.device
 
     # -- features ---------------------------------------------------------------------
     def support_views(self, image: ImageInput) -> list[Tensor]:
         """The preprocessed views of one support image: itself, and its rotations."""
         rgb = load_rgb8(image)
         angles = ROTATION_ANGLES if self.rotate else (0,)
-        return [preprocess(rotate_rgb8(rgb, a), self.resolution) for a in angles]
+        return self.runtime.preprocess([rotate_rgb8(rgb, a) for a in angles])[0]
 
     def features(self, images: Sequence[Tensor]) -> list[Tensor]:
-        return extract_features(self.backbone, images, self.batch_size, self.bf16)
+        return self.runtime.features(images)
 
     def fit_features(self, support_features: Sequence[Tensor]) -> AnomalyDINO:
         """Build the bank from precomputed support patch features (each (h, w, D))."""
@@ -297,8 +255,7 @@ class AnomalyDINO:
     def _preprocess_all(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
             images = [images]
-        rgbs = [load_rgb8(img) for img in images]
-        return [preprocess(rgb, self.resolution) for rgb in rgbs], [rgb.size for rgb in rgbs]
+        return self.runtime.preprocess(images)
 
     def score(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Image anomaly scores (higher is more anomalous)."""
@@ -320,9 +277,7 @@ class AnomalyDINO:
         its own (detached) features, as the detector does at test time.
         """
         self._check_fitted()
-        with autocast_context(self.device, self.bf16):
-            feats = self.backbone.patch_features(x.to(self.device))
-        feats = feats.float()
+        feats = self.runtime.patch_features(x)
         if foreground is None and self.mask_test:
             foreground = torch.stack([self._mask(f.detach()) for f in feats])
         dist = patch_distances(feats, self.memory_bank_, self.knn)

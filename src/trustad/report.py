@@ -7,7 +7,6 @@ over seeds, as PROTOCOL section 4 prescribes.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import CLEAN, EvaluationSettings, unique_rows
+from .evaluation.settings import CLEAN
+from .evaluation.store import unique_rows
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -251,72 +251,20 @@ def write_report(out: str | Path) -> Path:
     return path
 
 
-def example_figure(
-    path: str | Path, image: np.ndarray, truth: np.ndarray | None, amap: np.ndarray, title: str
-) -> None:
-    """A panel of the scored input, its ground truth (if any) and its anomaly map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = 3 if truth is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.4))
-    axes[0].imshow(image)
-    axes[0].set_title("input", fontsize=8)
-    if truth is not None:
-        axes[1].imshow(truth, cmap="gray")
-        axes[1].set_title("ground truth", fontsize=8)
-    shown = axes[-1].imshow(amap, cmap="inferno")
-    axes[-1].set_title("anomaly map", fontsize=8)
-    fig.colorbar(shown, ax=axes[-1], fraction=0.046)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def _run_settings(out: Path) -> EvaluationSettings:
-    """The settings recorded in a run folder's run.json."""
-    path = out / "run.json"
-    try:
-        return EvaluationSettings.from_dict(json.loads(path.read_text())["settings"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read the run's settings ({exc})") from exc
-
-
 def calibrated_scores(
-    scores_rows: Sequence[dict[str, Any]],
-    shots: int,
-    platt_options: dict[str, Any] | None = None,
+    scores_rows: Sequence[dict[str, Any]], shots: int
 ) -> dict[str, dict[str, np.ndarray]]:
     """Pooled evaluation-part probabilities at ``shots``, uncalibrated and Platt, per
-    condition label: Platt (with the run's ``platt_options``) fitted per (dataset, category,
-    seed) on clean calibration scores, exactly as the evaluation does.
+    condition label, as the evaluation computed them (scores.csv's ``prob_*`` columns).
     Returns {condition: {"y", "uncal", "platt"}}."""
-    from . import calibration as cal
-
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in scores_rows:
-        if int(r["shots"]) == shots:
-            groups[(r["dataset"], r["category"], r["seed"])].append(r)
     pooled: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for rows in groups.values():
-        cal_rows = [r for r in rows if r["condition"] == CLEAN and r["split"] == "calibration"]
-        s = np.array([float(r["score"]) for r in cal_rows])
-        y = np.array([int(r["label"]) for r in cal_rows])
-        platt, _ = cal.fit_calibrator_safely("platt", s, y, **(platt_options or {}))
-        uncal = cal.make_calibrator("uncal")
-        for r in rows:
-            if r["split"] != "evaluation":
-                continue
-            label = _label(r["condition"], _num(r["eps"]))
-            score = np.array([float(r["score"])])
-            pooled[label]["y"].append(int(r["label"]))
-            pooled[label]["uncal"].append(float(uncal.predict_proba(score)[0]))
-            pooled[label]["platt"].append(float(platt.predict_proba(score)[0]))
+    for r in scores_rows:
+        if int(r["shots"]) != shots or r["split"] != "evaluation":
+            continue
+        label = _label(r["condition"], _num(r["eps"]))
+        pooled[label]["y"].append(int(r["label"]))
+        for name in ("uncal", "platt"):
+            pooled[label][name].append(_num(r.get(f"prob_{name}")))
     return {c: {k: np.array(v) for k, v in d.items()} for c, d in pooled.items()}
 
 
@@ -335,8 +283,10 @@ def write_figures(out: str | Path, shots: int | None = None) -> list[Path]:
         rows = list(csv.DictReader(fh))
     if not rows:
         return []
+    if "prob_platt" not in rows[0]:
+        return []  # written before scores.csv kept the probabilities
     shots = shots if shots is not None else min(int(r["shots"]) for r in rows)
-    pooled = calibrated_scores(rows, shots, _run_settings(out).calibrator_options("platt"))
+    pooled = calibrated_scores(rows, shots)
     paths = []
     clean = pooled.get(CLEAN)
     if clean is not None and len(clean["y"]):

@@ -1,0 +1,211 @@
+"""Result rows as pure functions of arrays: scores, labels, maps, masks (PROTOCOL sections
+4 and 6). Nothing here runs a model or touches a file."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from .. import calibration as cal
+from .. import metrics
+from ..attacks import linf, psnr
+from .settings import CLEAN
+from .store import FLAGGED_CALIBRATORS
+
+IMAGE_LABEL_PROBE = "probe trained on image labels: no masks, every patch takes its image's label"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The identity of one result row."""
+
+    dataset: str
+    category: str
+    shots: int
+    seed: int
+    condition: str
+    eps: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which test images fit the calibrators and which are evaluated; ``note`` says why
+    there is no calibration part when there is none."""
+
+    calibration: np.ndarray
+    evaluation: np.ndarray
+    note: str | None = None
+
+
+def calibration_split(labels: np.ndarray, fraction: float, seed: int) -> Split:
+    try:
+        return Split(*cal.calibration_split(labels, fraction, seed))
+    except cal.CalibrationSplitError as exc:
+        note = f"no calibration split ({exc}); calibration metrics use the uncalibrated scores"
+        return Split(np.array([], dtype=int), np.arange(len(labels)), note)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    calibrator_options: dict[str, dict[str, Any]]  # constructor options per calibrator
+    flag_rate: float
+    conformal_alpha: float
+
+
+def fitted_calibrators(
+    clean_scores: np.ndarray, labels: np.ndarray, split: Split, options: CalibrationOptions
+) -> tuple[dict[str, cal.Calibrator], list[str]]:
+    """Every calibrator fitted on the clean calibration scores, and notes on fallbacks."""
+    fitted, notes = {}, []
+    idx = split.calibration
+    for name in cal.CALIBRATORS:
+        if len(idx):
+            calibrator, note = cal.fit_calibrator_safely(
+                name, clean_scores[idx], labels[idx], **options.calibrator_options.get(name, {})
+            )
+        else:
+            calibrator, note = cal.make_calibrator("uncal"), None
+        if note:
+            notes.append(note)  # names the calibrator already
+        fitted[name] = calibrator
+    return fitted, notes
+
+
+def probabilities(calibrators: dict[str, cal.Calibrator], scores: np.ndarray) -> dict:
+    return {name: c.predict_proba(scores) for name, c in calibrators.items()}
+
+
+def score_rows(
+    unit: Unit,
+    image_ids: Sequence[str],
+    labels: np.ndarray,
+    split: Split,
+    scores: np.ndarray,
+    probs: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """One scores.csv row per test image, with its probability under every calibrator."""
+    in_cal = np.zeros(len(scores), dtype=bool)
+    in_cal[split.calibration] = True
+    key = unit.to_dict()
+    return [
+        dict(
+            key,
+            image=image_id,
+            label=int(labels[i]),
+            split="calibration" if in_cal[i] else "evaluation",
+            score=float(scores[i]),
+            **{f"prob_{name}": float(p[i]) for name, p in probs.items()},
+        )
+        for i, image_id in enumerate(image_ids)
+    ]
+
+
+def calibration_columns(
+    probs: dict[str, np.ndarray],
+    clean_probs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    split: Split,
+    flagged: bool,
+    flag_rate: float,
+) -> dict[str, float]:
+    """Calibration metrics of this condition's evaluation part; with ``flagged``, how well
+    the entropy tells these inputs from the clean ones."""
+    out: dict[str, float] = {}
+    idx = split.evaluation
+    y = labels[idx]
+    for name, p_all in probs.items():
+        p = p_all[idx]
+        out[f"ece_{name}"] = cal.ece(p, y)
+        out[f"classwise_ece_{name}"] = cal.classwise_ece(p, y)
+        out[f"nll_{name}"] = cal.nll(p, y)
+        out[f"brier_{name}"] = cal.brier(p, y)
+        out[f"entropy_{name}"] = float(np.mean(cal.entropy(p)))
+        if flagged and name in FLAGGED_CALIBRATORS:
+            h_clean = cal.entropy(clean_probs[name][idx])
+            h_adv = cal.entropy(p)
+            out[f"flag_auroc_{name}"] = cal.flagging_auroc(h_clean, h_adv)
+            out[f"flag_tpr_{name}"] = cal.tpr_at_fpr(h_clean, h_adv, flag_rate)
+    return out
+
+
+def conformal_columns(
+    normal_calibration: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    alpha: float,
+    notes: list[str],
+) -> dict[str, float]:
+    """The conformal threshold on normal calibration scores; its false-alarm rate and
+    true-positive rate on ``scores``."""
+    if len(normal_calibration) == 0:
+        notes.append("conformal: no normal calibration image")
+        return {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conformal = cal.ConformalThreshold(alpha).fit(normal_calibration)
+    notes += [f"conformal: {w.message}" for w in caught]
+    flagged = conformal.predict(scores).astype(bool)
+    out = {"conformal_threshold": conformal.threshold_}
+    if (labels == 0).any():
+        out["conformal_far"] = float(flagged[labels == 0].mean())
+    if (labels == 1).any():
+        out["conformal_tpr"] = float(flagged[labels == 1].mean())
+    return out
+
+
+def pixel_columns(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, float]:
+    return {"pixel_auroc": metrics.pixel_auroc(masks, maps), "aupro": metrics.aupro(masks, maps)}
+
+
+def perturbation_columns(images: Sequence[Tensor], attacked: Sequence[Tensor]) -> dict:
+    """Mean L-inf distance and PSNR between clean and attacked inputs."""
+    pairs = [(a[None], b[None]) for a, b in zip(images, attacked)]
+    return {
+        "linf": float(np.mean([float(linf(a, b)[0]) for a, b in pairs])),
+        "psnr": float(np.mean([float(psnr(a, b)[0]) for a, b in pairs])),
+    }
+
+
+def result_row(
+    unit: Unit,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    clean_scores: np.ndarray,
+    split: Split,
+    options: CalibrationOptions,
+    notes: Sequence[str] = (),
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The results.csv row of one unit without its pixel and perturbation columns, and the
+    probabilities of every test image under every calibrator (for scores.csv).
+
+    Calibrators are fitted on the clean calibration scores of the same (category, shots,
+    seed); metrics use this condition's evaluation part; flagging compares with the clean
+    evaluation part."""
+    all_notes = [split.note] if split.note else []
+    all_notes += notes
+    calibrators, fit_notes = fitted_calibrators(clean_scores, labels, split, options)
+    probs = probabilities(calibrators, scores)
+    clean_probs = probabilities(calibrators, clean_scores)
+    row: dict[str, Any] = dict(unit.to_dict(), n_images=len(scores), n_anomalous=int(labels.sum()))
+    row.update(metrics.image_metrics(labels, scores))
+    attacked = unit.condition != CLEAN
+    row.update(calibration_columns(probs, clean_probs, labels, split, attacked, options.flag_rate))
+    all_notes += fit_notes
+    cal_idx, eval_idx = split.calibration, split.evaluation
+    normal_cal = clean_scores[cal_idx][labels[cal_idx] == 0]
+    row.update(
+        conformal_columns(
+            normal_cal, scores[eval_idx], labels[eval_idx], options.conformal_alpha, all_notes
+        )
+    )
+    row["n_calibration"], row["n_evaluation"] = len(cal_idx), len(eval_idx)
+    row["note"] = "; ".join(dict.fromkeys(all_notes))
+    return row, probs

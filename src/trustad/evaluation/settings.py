@@ -1,0 +1,326 @@
+"""Every setting of an evaluation run, in one place: default, choices, help and CLI flag.
+
+``EvaluationSettings`` is written to run.json and checked on resume. The command line is
+built from its fields (``add_arguments`` / ``from_arguments``), so a new option is added
+once, here. Defaults that belong to a library object (the probe's steps, the batch size,
+the resolution) are read from that object, not written again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, ProbeSettings
+from ..backbone.preprocess import DEFAULT_RESOLUTION
+from ..backbone.runtime import DEFAULT_BATCH_SIZE
+from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
+from ..data import DATASETS, PREPROCESSING, category_defaults
+from ..detector import MASK_MORPHOLOGY
+
+CLEAN = "clean"
+MAX_RESOLUTION = 4480  # 320 x 320 patches: beyond this one image's features do not fit
+
+
+def parse_eps(text: str) -> float:
+    """An eps given as a fraction of 255 ("8/255") or as a plain number in [0, 1]."""
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"eps must be a number or a fraction like 8/255, got {text!r}"
+        ) from exc
+
+
+def parse_on_off(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    choices: Iterable[Any] | None = None,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A settings field with what the command line needs to offer it."""
+    meta = dict(help=help, group=group, choices=choices, flag=flag, parse=parse, metavar=metavar)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def required(help: str, *, group: str, choices: Iterable[Any] | None = None) -> Any:
+    return field(metadata=dict(help=help, group=group, choices=choices))
+
+
+@dataclass
+class EvaluationSettings:
+    """Everything that defines a run (PROTOCOL sections 1-6)."""
+
+    dataset: str = required("dataset layout", group="data", choices=DATASETS)
+    root: str = required("dataset folder (a folder of categories, or one category)", group="data")
+    categories: list[str] | None = option(
+        None, "subset of categories (default: all found)", group="data"
+    )
+    shots: list[int] = option([1, 2, 4, 8, 16], "few-shot sizes k", group="grid")
+    seeds: int = option(3, "number of seeds 0..N-1", group="grid")
+    resolution: int = option(DEFAULT_RESOLUTION, "smaller image edge in pixels", group="detector")
+    backbone: str = option("dinov2_vits14", "DINOv2 variant", group="detector")
+    weights: str | None = option(
+        None,
+        "weights file (.pth or .safetensors); default: see `trustad weights show`",
+        group="detector",
+    )
+    preprocessing: str = option(
+        "agnostic", "per-category defaults", group="detector", choices=PREPROCESSING
+    )
+    mask_test: bool | None = option(
+        None, "override the category table's background masking of test images", group="detector"
+    )
+    rotate: bool | None = option(
+        None,
+        "override the category table's rotation augmentation of support images",
+        group="detector",
+    )
+    mask_support: bool = option(
+        False, "also mask the background of support images", group="detector"
+    )
+    mask_morphology: str = option(
+        "grid",
+        "grid: 3x3 on the patch grid (protocol); flat: along the token order like the public "
+        "reference code",
+        group="detector",
+        choices=MASK_MORPHOLOGY,
+    )
+    knn: int = option(1, "nearest bank patches averaged per test patch", group="detector")
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "images per backbone batch", group="runtime")
+    bf16: bool = option(False, "bfloat16 autocast for feature extraction", group="runtime")
+    attacks: list[str] = option(
+        ["none"], "conditions besides clean", group="attack", choices=ATTACKS, flag="attack"
+    )
+    eps: list[float] = option(
+        [DEFAULT_EPS],
+        "L-inf budgets, e.g. 8/255 (several: a sweep)",
+        group="attack",
+        parse=parse_eps,
+    )
+    pgd_steps: int = option(AttackSettings.steps, "PGD steps", group="attack")
+    pgd_step_size: float | None = option(
+        None, "PGD step (default 2.5*eps/steps)", group="attack", parse=parse_eps
+    )
+    random_start: bool = option(True, "PGD starts at a random point of the ball", group="attack")
+    round_8bit: bool = option(
+        False, "round adversarial images to 8 bits before scoring", group="attack"
+    )
+    attack_bf16: bool = option(
+        False, "bfloat16 autocast for attack gradients (faster, approximate)", group="runtime"
+    )
+    probe_steps: int = option(ProbeSettings.steps, "probe training steps", group="attack")
+    probe_lr: float = option(ProbeSettings.lr, "probe learning rate", group="attack")
+    probe_train_on: str = option(
+        ProbeSettings.train_on,
+        "images the probe is trained on",
+        group="attack",
+        choices=PROBE_TRAIN_ON,
+    )
+    calibration_fraction: float = option(
+        DEFAULT_CALIBRATION_FRACTION,
+        "share of each category's test images used to fit calibrators",
+        group="calibration",
+    )
+    platt_c: float | None = option(
+        None,
+        "L2 regularisation of Platt scaling in scikit-learn's C units (default: none)",
+        group="calibration",
+    )
+    platt_smooth: bool = option(
+        False,
+        "fit Platt scaling to Platt's smoothed targets (N+1)/(N+2) and 1/(N+2) instead of "
+        "0/1: less overconfident on small or separable calibration sets",
+        group="calibration",
+    )
+    flag_rate: float = option(
+        DEFAULT_FLAG_RATE, "false-flag rate of the entropy attack flag", group="calibration"
+    )
+    conformal_alpha: float = option(
+        0.1, "target false-alarm rate of the conformal threshold", group="calibration"
+    )
+    pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
+    save_examples: int = option(
+        0,
+        "save N adversarial images and maps per category and attack",
+        group="output",
+        metavar="N",
+    )
+
+    def __post_init__(self) -> None:
+        # Everything is checked here, before any feature is computed: a bad value found
+        # mid-run would be recorded in run.json and then block the corrected rerun.
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
+        if not self.shots or any(k < 1 for k in self.shots):
+            raise ValueError(f"shots must be positive integers, got {self.shots}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if any(not 0 <= e <= 1 for e in self.eps):
+            raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
+        if self.resolution % 14 or not 14 <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(
+                f"resolution must be a multiple of 14 in [14, {MAX_RESOLUTION}], "
+                f"got {self.resolution}"
+            )
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(
+                f"calibration fraction must lie in (0, 1), got {self.calibration_fraction}"
+            )
+        if not 0 < self.conformal_alpha < 1:
+            raise ValueError(f"conformal alpha must lie in (0, 1), got {self.conformal_alpha}")
+        if not 0 <= self.flag_rate <= 1:
+            raise ValueError(f"flag rate must lie in [0, 1], got {self.flag_rate}")
+        if self.knn < 1 or self.batch_size < 1:
+            raise ValueError(f"knn and batch size must be >= 1, got {self.knn}, {self.batch_size}")
+        if self.platt_c is not None and not self.platt_c > 0:
+            raise ValueError(f"platt_c must be positive, got {self.platt_c}")
+        if self.save_examples < 0:
+            raise ValueError(f"save_examples must be >= 0, got {self.save_examples}")
+        if self.mask_morphology not in MASK_MORPHOLOGY:
+            raise ValueError(
+                f"mask morphology must be one of {MASK_MORPHOLOGY}, got {self.mask_morphology!r}"
+            )
+        category_defaults(self.dataset, "", self.preprocessing)  # checks both names
+        self.probe(0)
+        for name, eps in self.conditions()[1:]:
+            self.attack(name, eps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationSettings:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def conditions(self) -> list[tuple[str, float]]:
+        """(condition name, eps) in run order: clean first."""
+        out = [(CLEAN, 0.0)]
+        for attack in self.attacks:
+            if attack != "none":
+                out += [(attack, float(e)) for e in self.eps]
+        return out
+
+    def calibrator_options(self, name: str) -> dict[str, Any]:
+        """Constructor options of calibrator ``name`` under these settings."""
+        if name != "platt":
+            return {}
+        return {"c": self.platt_c, "smooth_targets": self.platt_smooth}
+
+    def attack(self, name: str, eps: float) -> AttackSettings:
+        return AttackSettings(
+            name=name,
+            eps=eps,
+            steps=self.pgd_steps,
+            step_size=self.pgd_step_size,
+            random_start=self.random_start,
+            round_8bit=self.round_8bit,
+        )
+
+    def probe(self, seed: int) -> ProbeSettings:
+        return ProbeSettings(
+            steps=self.probe_steps, lr=self.probe_lr, seed=seed, train_on=self.probe_train_on
+        )
+
+
+# Settings that may differ when a run is resumed: they do not change any result.
+RESUME_FREE = frozenset(
+    {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds"}
+)
+
+
+# -- the command line -----------------------------------------------------------------------
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is a list) of a field annotation such as ``list[int] | None``."""
+    hint = annotation
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    overrides: dict[str, Any] | None = None,
+    exclude: Iterable[str] = (),
+) -> None:
+    """One option per settings field, in argument groups; ``overrides`` changes defaults
+    (the demo's smaller grid), ``exclude`` leaves fields out (their defaults apply)."""
+    hints = typing.get_type_hints(EvaluationSettings)
+    overrides = overrides or {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(EvaluationSettings):
+        if f.name in exclude:
+            continue
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        default = overrides.get(f.name, f.default if f.default is not MISSING else None)
+        if f.default_factory is not MISSING and f.name not in overrides:
+            default = f.default_factory()
+        kind, many = _base_type(hints[f.name])
+        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        help_text = meta["help"]
+        kwargs: dict[str, Any] = dict(dest=f.name, help=help_text)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in overrides:
+            kwargs["required"] = True
+        if kind is bool and hints[f.name] is bool and default is False:
+            group.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if kind is bool and hints[f.name] is bool:  # on by default: offer --no-NAME
+            flag = "--no-" + flag[2:]
+            group.add_argument(flag, action="store_false", **kwargs)
+            continue
+        if kind is bool:  # bool | None: None keeps the category table's default
+            kwargs.update(type=parse_on_off, metavar="on|off")
+        else:
+            kwargs["type"] = meta.get("parse") or kind
+        if default is not None:
+            values = default if isinstance(default, list) else [default]
+            shown = " ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values)
+            kwargs["help"] = f"{help_text} (default {shown})"
+        if many:
+            kwargs["nargs"] = "+"
+        if meta.get("choices") is not None:
+            kwargs["choices"] = tuple(meta["choices"])
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        group.add_argument(flag, default=default, **kwargs)
+
+
+def from_arguments(args: argparse.Namespace, **fixed: Any) -> EvaluationSettings:
+    """Settings from parsed arguments; ``fixed`` gives fields the parser did not offer.
+    Repeated list values (shots, attacks, eps) are dropped, keeping their order."""
+    values = dict(fixed)
+    for f in fields(EvaluationSettings):
+        if hasattr(args, f.name) and f.name not in fixed:
+            values[f.name] = getattr(args, f.name)
+    for name in ("shots", "attacks", "eps"):
+        if name in values:
+            values[name] = list(dict.fromkeys(values[name]))
+    if "shots" in values:
+        values["shots"] = sorted(values["shots"])
+    return EvaluationSettings(**values)
