@@ -28,9 +28,19 @@ from ..data import CategoryData, image_size, list_categories, load_category, loa
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
-from . import rows
 from .examples import save_examples
 from .progress import Progress
+from .rows import (
+    IMAGE_LABEL_PROBE,
+    CalibrationOptions,
+    Split,
+    Unit,
+    calibration_split,
+    perturbation_columns,
+    pixel_columns,
+    result_row,
+    score_rows,
+)
 from .settings import CLEAN, EvaluationSettings
 from .store import ResultStore
 
@@ -82,7 +92,7 @@ class Evaluation:
         if source is not None:
             self.store.record_weights(source.to_dict())
         self.log = Progress(progress)
-        self.calibration_options = rows.CalibrationOptions(
+        self.calibration_options = CalibrationOptions(
             {name: settings.calibrator_options(name) for name in ("platt",)},
             settings.flag_rate,
             settings.conformal_alpha,
@@ -149,17 +159,17 @@ class Evaluation:
         st.clean_features = self._features(st, st.images, "clean features")
         st.clean_foreground = det.foreground(st.clean_features)
         for seed, cond, eps, shots in pending:
-            split = rows.calibration_split(st.labels, self.s.calibration_fraction, seed)
+            split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
                 per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
             results, scores = [], []
             for k in shots:
-                unit = rows.Unit(self.s.dataset, category, k, seed, cond, eps)
-                row, score_rows = self._unit(st, det, unit, per_shot[k], split)
+                unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
                 results.append(row)
-                scores.extend(score_rows)
+                scores.extend(unit_scores)
             self.store.add(results, scores)
 
     def _detector(self, category: str) -> AnomalyDINO:
@@ -213,9 +223,9 @@ class Evaluation:
         self,
         st: CategoryState,
         det: AnomalyDINO,
-        unit: rows.Unit,
+        unit: Unit,
         scored: Scored,
-        split: rows.Split,
+        split: Split,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         features, foreground, attacked = scored
         self._fit(det, st, unit.shots, unit.seed)
@@ -227,17 +237,17 @@ class Evaluation:
         notes = []
         attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
         if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
-            notes.append(rows.IMAGE_LABEL_PROBE)
-        row, probs = rows.result_row(
+            notes.append(IMAGE_LABEL_PROBE)
+        row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         if self.s.pixel_metrics and st.masks is not None:
             maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
-            row.update(rows.pixel_columns(st.masks, maps))
+            row.update(pixel_columns(st.masks, maps))
         if attacked is not None:
-            row.update(rows.perturbation_columns(st.images, attacked))
+            row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
-        score_rows = rows.score_rows(unit, image_ids, st.labels, split, scores, probs)
+        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
             save_examples(
                 self.store.out / "examples" / st.category,
@@ -250,7 +260,7 @@ class Evaluation:
                 unit,
                 self.s.save_examples,
             )
-        return row, score_rows
+        return row, per_image
 
     def _clean_scores(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
@@ -275,7 +285,7 @@ class Evaluation:
                 st.probe_labels.append(m.float())
         return st.probe_labels
 
-    def _probe(self, st: CategoryState, seed: int, split: rows.Split) -> torch.nn.Linear:
+    def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:
         if seed not in st.probes:
             settings = self.s.probe(seed)
             train = range(len(st.images)) if settings.train_on == "test" else split.calibration
@@ -296,7 +306,7 @@ class Evaluation:
             )
             st.probes[seed] = probe
             if st.masks is None:
-                self.log(f"[{st.category}] {rows.IMAGE_LABEL_PROBE}")
+                self.log(f"[{st.category}] {IMAGE_LABEL_PROBE}")
             self.log(
                 f"[{st.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
             )
@@ -336,7 +346,7 @@ class Evaluation:
         eps: float,
         seed: int,
         shots: list[int],
-        split: rows.Split,
+        split: Split,
     ) -> dict[int, Scored]:
         attack = self.s.attack(cond, eps)
         if attack.targets_score:
