@@ -275,6 +275,8 @@ def read_size(
     follow its pixel data. Limits are checked as when reading."""
     with _opened(source, max_pixels, max_side) as img:
         width, height = img.size
+        if img.format == "TIFF":  # Pillow reports a TIFF's size turned, and turns it on load
+            return width, height
         if img.format == "PNG" and "exif" not in img.info and not _png_may_have_late_exif(img):
             return width, height
         return (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)

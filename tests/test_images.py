@@ -1,0 +1,478 @@
+"""The image reader against a generated corpus of awkward and broken files: every outcome is
+either the right pixels or an ImageReadError that names the file and the reason."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image, ImageOps
+
+from trustad import images
+from trustad.backbone import load_rgb8
+from trustad.data import Sample, image_size, load_category, load_mask
+from trustad.images import (
+    IMAGE_EXTENSIONS,
+    READABLE_FORMATS,
+    ImageNotFoundError,
+    ImageReadError,
+    read_rgb8,
+    read_size,
+)
+
+W, H = 24, 16
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (128, 64, 32)]
+
+
+def stripes() -> np.ndarray:
+    """An (H, W, 3) image of six colour stripes: few colours, so GIF stays exact."""
+    arr = np.zeros((H, W, 3), dtype=np.uint8)
+    for i, colour in enumerate(COLOURS):
+        arr[:, i * 4 : (i + 1) * 4] = colour
+    return arr
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A tiny PNG that declares ``width`` x ``height`` with a few bytes of pixel data: a
+    decompression bomb as far as any reader that trusts the header is concerned."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def exif_with_orientation(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif
+
+
+def assert_refused(path: Path, *words: str) -> ImageReadError:
+    with pytest.raises(ImageReadError) as err:
+        load_rgb8(path)
+    assert err.value.path == path or Path(err.value.path) == path
+    msg = str(err.value)
+    assert str(path) in msg and err.value.reason in msg
+    for word in words:
+        assert word in err.value.reason, err.value.reason
+    return err.value
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_extensions_come_from_pillow_decoders() -> None:
+    for ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"):
+        assert ext in IMAGE_EXTENSIONS
+    assert ".tga" in IMAGE_EXTENSIONS and ".pgm" in IMAGE_EXTENSIONS
+    # Formats Pillow writes but cannot read, only identifies, or decodes no pixels of.
+    for ext in (".pdf", ".h5", ".grib", ".bufr", ".mpg", ".txt"):
+        assert ext not in IMAGE_EXTENSIONS
+    assert all(ext == ext.lower() and ext.startswith(".") for ext in IMAGE_EXTENSIONS)
+    assert "MPEG" not in READABLE_FORMATS and "HDF5" not in READABLE_FORMATS
+
+
+def _extension(fmt: str) -> str | None:
+    exts = sorted(e for e, f in Image.registered_extensions().items() if f == fmt)
+    return exts[0] if exts else None
+
+
+# Every format Pillow can both write and read here; the ones named by the task must work.
+REQUIRED = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA"}
+WRITABLE = sorted(f for f in set(Image.SAVE) & set(READABLE_FORMATS) if _extension(f))
+LOSSY = {"JPEG", "WEBP", "AVIF"}
+RESIZED = {"ICO", "ICNS"}  # icon containers store their own sizes
+
+
+def write_format(path: Path, fmt: str) -> tuple[np.ndarray, str]:
+    """Save the stripes in ``fmt`` in the first mode it accepts; the expected RGB pixels."""
+    err: Exception | None = None
+    for mode in ("RGB", "L", "1"):
+        img = Image.fromarray(stripes()).convert(mode)
+        try:
+            img.save(path, format=fmt)
+        except (OSError, ValueError, KeyError) as exc:
+            err = exc
+            continue
+        return np.asarray(img.convert("RGB")), mode
+    if fmt in REQUIRED:
+        raise AssertionError(f"Pillow cannot write {fmt}: {err}")
+    pytest.skip(f"Pillow cannot write {fmt} here: {err}")
+
+
+@pytest.mark.parametrize("fmt", WRITABLE)
+def test_every_writable_format(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"img{_extension(fmt)}"
+    expected, _mode = write_format(path, fmt)
+    got = np.asarray(load_rgb8(path))
+    assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[-1] == 3
+    if fmt in RESIZED:
+        return
+    assert got.shape == expected.shape
+    assert image_size(path) == (W, H) == read_size(path)
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    if fmt in LOSSY:
+        assert diff.mean() < 25, diff.mean()
+    else:
+        assert diff.max() == 0
+
+
+def test_required_formats_are_writable_here() -> None:
+    assert REQUIRED <= set(WRITABLE)
+
+
+def test_gif_gives_its_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (W, H), c) for c in COLOURS[:3]]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert (np.asarray(load_rgb8(path)) == COLOURS[0]).all()
+
+
+# ---------------------------------------------------------------- modes
+
+
+def test_modes_become_rgb8(tmp_path: Path) -> None:
+    deep = np.array([[0, 1000, 30000], [40000, 65535, 257]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = np.asarray(load_rgb8(tmp_path / "deep.png"))[..., 0].astype(int)
+    assert (got == np.round(deep * 255.0 / 65535.0)).all()
+
+    pal = Image.new("P", (4, 3))
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    pal.save(tmp_path / "pal.png", transparency=0)
+    got = np.asarray(load_rgb8(tmp_path / "pal.png"))
+    assert tuple(got[1, 1]) == (0, 0, 255) and tuple(got[0, 0]) == (255, 0, 0)
+
+    cmyk = Image.new("CMYK", (5, 4), (0, 255, 255, 0))  # red in ink
+    for ext in (".jpg", ".tif"):
+        cmyk.save(tmp_path / f"cmyk{ext}")
+        got = np.asarray(load_rgb8(tmp_path / f"cmyk{ext}")).astype(int)
+        assert got.shape == (4, 5, 3) and (np.abs(got - [255, 0, 0]) <= 3).all()
+
+    rgba = np.zeros((3, 4, 4), dtype=np.uint8)
+    rgba[..., :3], rgba[..., 3] = (10, 20, 30), 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert (np.asarray(load_rgb8(tmp_path / "rgba.png")) == [10, 20, 30]).all()
+
+    Image.new("LA", (3, 2), (77, 5)).save(tmp_path / "la.png")
+    assert (np.asarray(load_rgb8(tmp_path / "la.png")) == 77).all()
+
+    bits = Image.new("1", (9, 7))
+    bits.putpixel((2, 3), 1)
+    bits.save(tmp_path / "bits.png")
+    got = np.asarray(load_rgb8(tmp_path / "bits.png"))
+    assert got[3, 2].tolist() == [255] * 3 and got.sum() == 255 * 3
+
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    assert np.asarray(load_rgb8(tmp_path / "f.tif"))[0, :, 0].tolist() == [0, 128, 255]
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "i32.tif")
+    assert np.asarray(load_rgb8(tmp_path / "i32.tif"))[0, :, 0].tolist() == [0, 0]
+
+
+def test_values_that_cannot_be_scaled_are_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0.0, 3.0]], dtype=np.float32)).save(tmp_path / "hot.tif")
+    assert_refused(tmp_path / "hot.tif", "mode F", "[0, 1]")
+    Image.fromarray(np.array([[-5, 3]], dtype=np.int32)).save(tmp_path / "neg.tif")
+    assert_refused(tmp_path / "neg.tif", "negative")
+
+
+def test_large_16bit_scaled_block_by_block_as_a_whole(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 65536, size=(1000, 37), dtype=np.uint16)  # several blocks of rows
+    got = images.array_to_uint8(arr)
+    assert (got == np.round(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)).all()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 3000), (3000, 1)])
+def test_tiny_and_extreme_aspect(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = tmp_path / f"{size[0]}x{size[1]}.png"
+    Image.new("RGB", size, (1, 2, 3)).save(path)
+    img = load_rgb8(path)
+    assert img.size == size == image_size(path)
+    assert (np.asarray(img) == [1, 2, 3]).all()
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+
+def test_exif_orientation_6_turns_the_image_as_a_viewer_does(tmp_path: Path) -> None:
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high as stored
+    stored[:5, :5] = (255, 0, 0)  # the stored top-left corner is red
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(stored).save(path, exif=exif_with_orientation(6), quality=95)
+    # Orientation 6: a viewer turns the picture 90 degrees clockwise, so it shows 20 wide,
+    # 40 high, and the stored top-left corner lands at the top right.
+    assert image_size(path) == (20, 40) == read_size(path)
+    got = np.asarray(load_rgb8(path)).astype(int)
+    assert got.shape == (40, 20, 3)
+    assert got[1, 18, 0] > 200 and got[1, 18, 1] < 60  # top right: red
+    assert got[1, 1].max() < 60 and got[38, 1].max() < 60 and got[38, 18].max() < 60
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_every_orientation_agrees_with_pillow(tmp_path: Path, fmt: str, orientation: int) -> None:
+    arr = np.zeros((6, 10, 3), dtype=np.uint8)
+    arr[0, 0], arr[5, 9] = (255, 255, 255), (0, 255, 0)
+    path = tmp_path / f"o{orientation}.{fmt.lower()}"
+    kwargs = {"lossless": True} if fmt == "WEBP" else {"quality": 100} if fmt == "JPEG" else {}
+    Image.fromarray(arr).save(path, format=fmt, exif=exif_with_orientation(orientation), **kwargs)
+    with Image.open(path) as img:
+        want = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    got = np.asarray(load_rgb8(path))
+    assert got.shape == want.shape and (got == want).all()
+    assert image_size(path) == (got.shape[1], got.shape[0])
+
+
+def test_png_orientation_after_the_pixel_data(tmp_path: Path) -> None:
+    """A PNG may put its eXIf chunk after IDAT, where Pillow sees it only by decoding: the
+    size from the header must still agree with the decoded image."""
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 4), (9, 9, 9)).save(buf, "PNG", exif=exif_with_orientation(8))
+    chunks = png_chunks(buf.getvalue())
+    exif = [c for c in chunks if c[0] == b"eXIf"]
+    rest = [c for c in chunks if c[0] not in (b"eXIf", b"IEND")]
+    assert exif, "Pillow wrote no eXIf chunk"
+    late = rest + exif + [(b"IEND", b"")]
+    path = tmp_path / "late.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(k, d) for k, d in late))
+    assert load_rgb8(path).size == (4, 10) == image_size(path)
+
+
+def test_broken_exif_counts_as_none(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4)).save(buf, "JPEG", exif=b"Exif\x00\x00MM\x00*garbage")
+    path = tmp_path / "badexif.jpg"
+    path.write_bytes(buf.getvalue())
+    assert load_rgb8(path).size == (8, 4) == image_size(path)
+
+
+# ---------------------------------------------------------------- limits and bombs
+
+
+def test_decompression_bomb_refused_from_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_only(60000, 60000))
+    assert path.stat().st_size < 200
+    err = assert_refused(path, "too large")
+    assert "60000" in str(err) or "3600000000" in str(err)
+    with pytest.raises(ImageReadError):
+        image_size(path)
+
+
+def test_just_over_the_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    over = tmp_path / "over.png"
+    over.write_bytes(png_header_only(10001, 10000))  # 100,010,000 pixels, under Pillow's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning may escape either
+        err = assert_refused(over, "100010000", str(images.MAX_PIXELS))
+        with pytest.raises(ImageReadError):
+            read_size(over)
+    side = tmp_path / "side.png"
+    side.write_bytes(png_header_only(images.MAX_SIDE + 1, 1))
+    assert_refused(side, "side", str(images.MAX_SIDE))
+    assert "limit" in err.reason
+    # Just under: the header passes (the pixels are missing, so decoding then fails).
+    under = tmp_path / "under.png"
+    under.write_bytes(png_header_only(9000, 9000))  # over Pillow's warning threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_size(under) == (9000, 9000)
+
+
+def test_limits_settable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "small.png"
+    Image.new("RGB", (101, 100)).save(path)
+    assert read_rgb8(path, max_pixels=10100).size == (101, 100)
+    with pytest.raises(ImageReadError, match="over the limit of 10099 pixels"):
+        read_rgb8(path, max_pixels=10099)
+    with pytest.raises(ImageReadError, match="limit of 100 pixels"):
+        read_size(path, max_side=100)
+    monkeypatch.setattr(images, "MAX_PIXELS", 5000)
+    with pytest.raises(ImageReadError, match="5000"):
+        load_rgb8(path)  # the module default governs every reader
+    with pytest.raises(ImageReadError, match="5000"):
+        image_size(path)
+
+
+# ---------------------------------------------------------------- broken files
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".gif", ".tif", ".bmp"])
+def test_truncated(tmp_path: Path, ext: str) -> None:
+    rng = np.random.default_rng(1)
+    path = tmp_path / f"cut{ext}"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    _truncate(path)
+    assert_refused(path)
+
+
+def test_zero_byte_text_and_garbage(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    assert_refused(empty, "empty")
+    text = tmp_path / "notes.png"
+    text.write_text("these are my notes, not a picture\n")
+    assert_refused(text, "not an image")
+    fake = tmp_path / "fake.jpg"
+    fake.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))  # a JPEG signature, then noise
+    assert_refused(fake)
+
+
+def test_missing_folder_loop_and_special_files(tmp_path: Path) -> None:
+    gone = tmp_path / "gone.png"
+    with pytest.raises(ImageNotFoundError) as err:
+        load_rgb8(gone)
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
+    assert str(gone) in str(err.value) and "no such file" in str(err.value)
+
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    assert_refused(folder, "folder")
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    assert_refused(a, "loop")
+
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    assert isinstance(assert_refused(dangling, "broken symbolic link"), FileNotFoundError)
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert_refused(fifo, "not a regular file")  # refused, not waited on
+
+
+def test_unexpected_decoder_failures_become_image_read_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4)).save(path)
+    for exc in (MemoryError(), struct.error("unpack requires 4 bytes"), IndexError("x")):
+
+        def fail(self, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(Image.Image, "load", fail)
+        monkeypatch.setattr("PIL.ImageFile.ImageFile.load", fail)
+        err = assert_refused(path)
+        assert err.__cause__ is exc
+        if isinstance(exc, MemoryError):
+            assert "out of memory" in err.reason
+        else:
+            assert type(exc).__name__ in err.reason
+
+
+def test_sources_other_than_paths(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(stripes()).save(buf, "PNG")
+    assert (np.asarray(read_rgb8(buf.getvalue())) == stripes()).all()
+    buf.seek(0)
+    assert read_size(buf) == (W, H)
+    with pytest.raises(ImageReadError, match="<bytes>"):
+        read_rgb8(b"")
+    with pytest.raises(ImageReadError, match="<bytes>"):
+        read_rgb8(b"hello")
+
+
+# ---------------------------------------------------------------- through the folder dataset
+
+
+def test_folder_dataset_lists_everything_and_reads_or_refuses(tmp_path: Path) -> None:
+    cat = tmp_path / "parts"
+    train, test_bad = cat / "train" / "good", cat / "test" / "dent"
+    train.mkdir(parents=True)
+    good: list[Path] = []
+    for fmt in sorted(REQUIRED):
+        path = train / f"img {fmt.lower()} é画{_extension(fmt).upper()}"  # spaces, non-ASCII
+        write_format(path, fmt)
+        good.append(path)
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    rotated = train / "rotated.jpg"
+    Image.fromarray(stored).save(rotated, exif=exif_with_orientation(6))
+    good.append(rotated)
+    bad = {
+        "bomb.png": lambda p: p.write_bytes(png_header_only(60000, 60000)),
+        "empty.png": lambda p: p.touch(),
+        "text.png": lambda p: p.write_text("not an image"),
+        "loop.png": lambda p: p.symlink_to(p),
+    }
+    for name, make in bad.items():
+        make(train / name)
+    (train / ".hidden.png").write_bytes(b"")
+    (train / "notes.txt").write_text("skip me")
+    (train / "subdir.png").mkdir()
+    (cat / "test" / "good").mkdir(parents=True)
+    Image.new("RGB", (40, 20)).save(cat / "test" / "good" / "0.webp")
+    test_bad.mkdir(parents=True)
+    Image.new("RGB", (40, 20)).save(test_bad / "0.gif")
+    Image.new("RGB", (40, 20)).save(test_bad / "1.tga")
+    masks = cat / "ground_truth" / "dent"
+    masks.mkdir(parents=True)
+    Image.new("L", (40, 20), 255).save(masks / "0_mask.bmp")
+
+    data = load_category("folder", tmp_path, "parts")
+    listed = {p.name for p in data.train}
+    assert listed == {p.name for p in good} | set(bad)
+    for path in data.train:
+        if path.name in bad:
+            with pytest.raises(ImageReadError) as err:
+                load_rgb8(path)
+            assert str(path) in str(err.value)
+        else:
+            img = load_rgb8(path)
+            assert img.mode == "RGB" and img.size == image_size(path)
+    assert load_rgb8(rotated).size == (20, 40)
+
+    assert [s.image_id for s in data.test] == [
+        "test/dent/0.gif",
+        "test/dent/1.tga",
+        "test/good/0.webp",
+    ]
+    assert data.has_masks and [s.image_id for s in data.missing_masks] == ["test/dent/1.tga"]
+    dent0 = data.test[0]
+    assert load_mask(dent0, image_size(dent0.path)).all()
+
+
+def test_unreadable_masks_named(tmp_path: Path) -> None:
+    image = tmp_path / "img.png"
+    Image.new("RGB", (W, H)).save(image)
+    bomb = tmp_path / "bomb_mask.png"
+    bomb.write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError) as err:
+        load_mask(Sample(image, 1, "x", bomb, "img.png"), (W, H))
+    assert str(bomb) in str(err.value) and str(image) in str(err.value)
+    gone = tmp_path / "gone_mask.png"
+    with pytest.raises(FileNotFoundError) as err:
+        load_mask(Sample(image, 1, "x", gone, "img.png"), (W, H))
+    assert str(gone) in str(err.value) and "mask of" in str(err.value)
