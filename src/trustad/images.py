@@ -261,6 +261,8 @@ def read_rgb8(
 ) -> Image.Image:
     """``read_image`` converted to 8-bit RGB by ``to_rgb8``."""
     img = read_image(source, max_pixels=max_pixels, max_side=max_side)
+    if img.mode == "RGB":
+        return img  # already what to_rgb8 gives: spare a copy of the largest images
     try:
         return to_rgb8(img)
     except Exception as exc:  # noqa: BLE001  e.g. a mode Pillow cannot convert
