@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import struct
 import warnings
 import zlib
@@ -346,6 +347,13 @@ def test_zero_byte_text_and_garbage(tmp_path: Path) -> None:
     fake = tmp_path / "fake.jpg"
     fake.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))  # a JPEG signature, then noise
     assert_refused(fake)
+
+
+def test_errors_survive_pickling(tmp_path: Path) -> None:
+    for exc in (ImageReadError(tmp_path / "a.png", "why"), ImageNotFoundError("b.png", "gone")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert (back.path, back.reason) == (exc.path, exc.reason)
 
 
 def test_missing_folder_loop_and_special_files(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {path}: {reason}")
 
+    def __reduce__(self) -> tuple:  # pickled whole, so that worker processes can report it
+        return type(self), (self.path, self.reason)
+
 
 class ImageNotFoundError(ImageReadError, FileNotFoundError):
     """No file at the path given (also a ``FileNotFoundError``)."""
@@ -130,9 +133,10 @@ def to_rgb8(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------- reading
 
 
-def _name(source: ImageSource) -> str:
+def _name(source: ImageSource) -> str | os.PathLike:
+    """How errors name the source: a path as given, else a description."""
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
+        return source
     if isinstance(source, bytes):
         return "<bytes>"
     return str(getattr(source, "name", "<stream>"))
@@ -206,6 +210,7 @@ def _opened(
         with warnings.catch_warnings():
             # The limits below replace Pillow's warning for images between its limit and
             # twice it; its error over twice the limit still stops a bomb at the header.
+            # (Before Python 3.14 this filter is process-wide while the block runs.)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source, formats=READABLE_FORMATS) as img:
                 refused = _check_limits(img.size, max_pixels, max_side)
