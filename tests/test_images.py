@@ -8,16 +8,32 @@ import os
 import pickle
 import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ExifTags, Image, ImageOps
+from corpus import (
+    COLOURS,
+    LOSSY,
+    REQUIRED,
+    RESIZED,
+    WRITABLE,
+    H,
+    W,
+    assert_refused,
+    exif_with_orientation,
+    extension,
+    png_chunk,
+    png_chunks,
+    png_header_only,
+    stripes,
+    write_format,
+)
+from PIL import Image, ImageOps
 
 from trustad import images
 from trustad.backbone import load_rgb8
-from trustad.data import Sample, image_size, load_category, load_mask
+from trustad.data import image_size
 from trustad.images import (
     IMAGE_EXTENSIONS,
     READABLE_FORMATS,
@@ -26,61 +42,6 @@ from trustad.images import (
     read_rgb8,
     read_size,
 )
-
-W, H = 24, 16
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (128, 64, 32)]
-
-
-def stripes() -> np.ndarray:
-    """An (H, W, 3) image of six colour stripes: few colours, so GIF stays exact."""
-    arr = np.zeros((H, W, 3), dtype=np.uint8)
-    for i, colour in enumerate(COLOURS):
-        arr[:, i * 4 : (i + 1) * 4] = colour
-    return arr
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
-    """A tiny PNG that declares ``width`` x ``height`` with a few bytes of pixel data: a
-    decompression bomb as far as any reader that trusts the header is concerned."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
-        pos += 12 + length
-    return out
-
-
-def exif_with_orientation(orientation: int) -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = orientation
-    return exif
-
-
-def assert_refused(path: Path, *words: str) -> ImageReadError:
-    with pytest.raises(ImageReadError) as err:
-        load_rgb8(path)
-    assert err.value.path == path or Path(err.value.path) == path
-    msg = str(err.value)
-    assert str(path) in msg and err.value.reason in msg
-    for word in words:
-        assert word in err.value.reason, err.value.reason
-    return err.value
-
 
 # ---------------------------------------------------------------- formats
 
@@ -96,37 +57,9 @@ def test_extensions_come_from_pillow_decoders() -> None:
     assert "MPEG" not in READABLE_FORMATS and "HDF5" not in READABLE_FORMATS
 
 
-def _extension(fmt: str) -> str | None:
-    exts = sorted(e for e, f in Image.registered_extensions().items() if f == fmt)
-    return exts[0] if exts else None
-
-
-# Every format Pillow can both write and read here; the ones named by the task must work.
-REQUIRED = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA"}
-WRITABLE = sorted(f for f in set(Image.SAVE) & set(READABLE_FORMATS) if _extension(f))
-LOSSY = {"JPEG", "WEBP", "AVIF"}
-RESIZED = {"ICO", "ICNS"}  # icon containers store their own sizes
-
-
-def write_format(path: Path, fmt: str) -> tuple[np.ndarray, str]:
-    """Save the stripes in ``fmt`` in the first mode it accepts; the expected RGB pixels."""
-    err: Exception | None = None
-    for mode in ("RGB", "L", "1"):
-        img = Image.fromarray(stripes()).convert(mode)
-        try:
-            img.save(path, format=fmt)
-        except (OSError, ValueError, KeyError) as exc:
-            err = exc
-            continue
-        return np.asarray(img.convert("RGB")), mode
-    if fmt in REQUIRED:
-        raise AssertionError(f"Pillow cannot write {fmt}: {err}")
-    pytest.skip(f"Pillow cannot write {fmt} here: {err}")
-
-
 @pytest.mark.parametrize("fmt", WRITABLE)
 def test_every_writable_format(tmp_path: Path, fmt: str) -> None:
-    path = tmp_path / f"img{_extension(fmt)}"
+    path = tmp_path / f"img{extension(fmt)}"
     expected, _mode = write_format(path, fmt)
     got = np.asarray(load_rgb8(path))
     assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[-1] == 3
@@ -411,76 +344,3 @@ def test_sources_other_than_paths(tmp_path: Path) -> None:
         read_rgb8(b"")
     with pytest.raises(ImageReadError, match="<bytes>"):
         read_rgb8(b"hello")
-
-
-# ---------------------------------------------------------------- through the folder dataset
-
-
-def test_folder_dataset_lists_everything_and_reads_or_refuses(tmp_path: Path) -> None:
-    cat = tmp_path / "parts"
-    train, test_bad = cat / "train" / "good", cat / "test" / "dent"
-    train.mkdir(parents=True)
-    good: list[Path] = []
-    for fmt in sorted(REQUIRED):
-        path = train / f"img {fmt.lower()} é画{_extension(fmt).upper()}"  # spaces, non-ASCII
-        write_format(path, fmt)
-        good.append(path)
-    stored = np.zeros((20, 40, 3), dtype=np.uint8)
-    rotated = train / "rotated.jpg"
-    Image.fromarray(stored).save(rotated, exif=exif_with_orientation(6))
-    good.append(rotated)
-    bad = {
-        "bomb.png": lambda p: p.write_bytes(png_header_only(60000, 60000)),
-        "empty.png": lambda p: p.touch(),
-        "text.png": lambda p: p.write_text("not an image"),
-        "loop.png": lambda p: p.symlink_to(p),
-    }
-    for name, make in bad.items():
-        make(train / name)
-    (train / ".hidden.png").write_bytes(b"")
-    (train / "notes.txt").write_text("skip me")
-    (train / "subdir.png").mkdir()
-    (cat / "test" / "good").mkdir(parents=True)
-    Image.new("RGB", (40, 20)).save(cat / "test" / "good" / "0.webp")
-    test_bad.mkdir(parents=True)
-    Image.new("RGB", (40, 20)).save(test_bad / "0.gif")
-    Image.new("RGB", (40, 20)).save(test_bad / "1.tga")
-    masks = cat / "ground_truth" / "dent"
-    masks.mkdir(parents=True)
-    Image.new("L", (40, 20), 255).save(masks / "0_mask.bmp")
-
-    data = load_category("folder", tmp_path, "parts")
-    listed = {p.name for p in data.train}
-    assert listed == {p.name for p in good} | set(bad)
-    for path in data.train:
-        if path.name in bad:
-            with pytest.raises(ImageReadError) as err:
-                load_rgb8(path)
-            assert str(path) in str(err.value)
-        else:
-            img = load_rgb8(path)
-            assert img.mode == "RGB" and img.size == image_size(path)
-    assert load_rgb8(rotated).size == (20, 40)
-
-    assert [s.image_id for s in data.test] == [
-        "test/dent/0.gif",
-        "test/dent/1.tga",
-        "test/good/0.webp",
-    ]
-    assert data.has_masks and [s.image_id for s in data.missing_masks] == ["test/dent/1.tga"]
-    dent0 = data.test[0]
-    assert load_mask(dent0, image_size(dent0.path)).all()
-
-
-def test_unreadable_masks_named(tmp_path: Path) -> None:
-    image = tmp_path / "img.png"
-    Image.new("RGB", (W, H)).save(image)
-    bomb = tmp_path / "bomb_mask.png"
-    bomb.write_bytes(png_header_only(60000, 60000))
-    with pytest.raises(ImageReadError) as err:
-        load_mask(Sample(image, 1, "x", bomb, "img.png"), (W, H))
-    assert str(bomb) in str(err.value) and str(image) in str(err.value)
-    gone = tmp_path / "gone_mask.png"
-    with pytest.raises(FileNotFoundError) as err:
-        load_mask(Sample(image, 1, "x", gone, "img.png"), (W, H))
-    assert str(gone) in str(err.value) and "mask of" in str(err.value)
