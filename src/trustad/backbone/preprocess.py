@@ -17,19 +17,19 @@ from torch import Tensor
 from ..images import array_to_uint8, read_rgb8, to_rgb8
 from .dinov2 import PATCH_SIZE
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
 
 
 def load_rgb8(image: ImageInput) -> Image.Image:
     """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled).
 
-    A file is read by ``trustad.images.read_rgb8`` (EXIF orientation applied, size limits
+    A file (or its bytes) is read by ``trustad.images.read_rgb8`` (EXIF orientation applied, size limits
     checked, every failure an ``ImageReadError``); an image already in memory is taken as
     it is."""
     if isinstance(image, Image.Image):
         return to_rgb8(image)
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, (str, os.PathLike, bytes)):
         return read_rgb8(image)
     if isinstance(image, Tensor):
         t = image.detach().cpu()
