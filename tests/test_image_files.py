@@ -31,11 +31,25 @@ def test_folder_dataset_lists_everything_and_reads_or_refuses(tmp_path: Path) ->
     rotated = train / "rotated.jpg"
     Image.fromarray(stored).save(rotated, exif=exif_with_orientation(6))
     good.append(rotated)
+    modes = {
+        "deep.png": Image.fromarray(np.full((5, 7), 40000, dtype=np.uint16)),
+        "palette.png": Image.new("P", (6, 4), 3),
+        "cmyk.jpg": Image.new("CMYK", (6, 4), (0, 255, 255, 0)),
+        "rgba.png": Image.new("RGBA", (6, 4), (1, 2, 3, 0)),
+        "bits.png": Image.new("1", (6, 4), 1),
+        "pixel.png": Image.new("RGB", (1, 1)),
+        "tall.png": Image.new("L", (1, 3000), 9),
+    }
+    for name, img in modes.items():
+        img.save(train / name)
+        good.append(train / name)
     bad = {
         "bomb.png": lambda p: p.write_bytes(png_header_only(60000, 60000)),
         "empty.png": lambda p: p.touch(),
         "text.png": lambda p: p.write_text("not an image"),
         "loop.png": lambda p: p.symlink_to(p),
+        "cut.jpg": lambda p: p.write_bytes((train / "cmyk.jpg").read_bytes()[:200]),
+        "dangling.bmp": lambda p: p.symlink_to(tmp_path / "nowhere.bmp"),
     }
     for name, make in bad.items():
         make(train / name)
