@@ -8,73 +8,29 @@ not done here: it lives inside the backbone.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
+from ..images import array_to_uint8, read_rgb8, to_rgb8
 from .dinov2 import PATCH_SIZE
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
 
 
-def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale (never clip) an integer or float array to 8 bits."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        # 16-bit types span 0..65535; wider integer types are read by their largest value.
-        peak = int(arr.max(initial=0))
-        if arr.dtype.itemsize == 2 or 255 < peak <= 65535:
-            top = 65535.0
-        elif peak <= 255:
-            top = 255.0
-        else:
-            top = float(np.iinfo(arr.dtype).max)
-        return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
-    arr = arr.astype(np.float64)
-    if arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
-        raise ValueError(
-            f"float image values must lie in [0, 1], got range [{arr.min()}, {arr.max()}]"
-        )
-    return np.round(arr * 255.0).astype(np.uint8)
-
-
-def _pil_to_rgb8(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
-        if img.mode.startswith("I;16"):
-            arr = arr.astype(np.uint16)
-        elif img.mode == "I":
-            arr = arr.astype(np.int64)
-            if arr.min(initial=0) < 0:
-                raise ValueError("32-bit integer images with negative values are not supported")
-            arr = arr.astype(np.uint32) if arr.max(initial=0) > 65535 else arr.astype(np.uint16)
-        img = Image.fromarray(_array_to_uint8(arr))
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
 def load_rgb8(image: ImageInput) -> Image.Image:
-    """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled)."""
+    """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled).
+
+    A file (or its bytes) is read by ``trustad.images.read_rgb8`` (EXIF orientation applied, size limits
+    checked, every failure an ``ImageReadError``); an image already in memory is taken as
+    it is."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb8(image)
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _pil_to_rgb8(img)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image file {path}: {exc}") from exc
+        return to_rgb8(image)
+    if isinstance(image, (str, os.PathLike, bytes)):
+        return read_rgb8(image)
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
@@ -88,7 +44,7 @@ def load_rgb8(image: ImageInput) -> Image.Image:
             arr = arr[..., :3]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
             raise ValueError(f"expected an image array (H, W), (H, W, 1|3|4), got {arr.shape}")
-        arr = _array_to_uint8(arr)
+        arr = array_to_uint8(arr)
         img = Image.fromarray(arr)
         return img.convert("RGB")
     raise TypeError(f"unsupported image input of type {type(image).__name__}")
