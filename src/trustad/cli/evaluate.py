@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ..evaluation import Evaluation
 from ..evaluation import settings as run_settings
 
 
@@ -34,11 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def execute(
     settings: run_settings.EvaluationSettings, out: str | Path, device: str, quiet: bool
-) -> list[dict]:
+) -> Evaluation:
     """Load the backbone, run the grid, write the report, print the summary."""
     from ..backbone import load_backbone
     from ..backbone.runtime import resolve_device
-    from ..evaluation import Evaluation
     from ..report import summary, write_figures, write_report
 
     target = resolve_device(device)
@@ -55,16 +56,21 @@ def execute(
     )
     if figures:
         print("figures: " + ", ".join(str(f) for f in figures))
-    if run.failures:
-        lines = [f"  {c}: {msg}" for c, msg in run.failures.items()]
-        raise RuntimeError("these categories failed (the others are saved):\n" + "\n".join(lines))
-    return rows
+    return run
+
+
+def left_out(run: Evaluation) -> int:
+    """Say what the run left out (never hidden by --quiet); 1 when anything was."""
+    lines = [f"  category {c} failed: {msg}" for c, msg in run.failures.items()]
+    lines += [f"  {message}" for message in run.skipped]
+    if lines:
+        print("left out (the rest is saved):\n" + "\n".join(lines), file=sys.stderr)
+    return 1 if lines else 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     settings = run_settings.from_arguments(args, root=str(Path(args.root)))
-    execute(settings, args.out, args.device, args.quiet)
-    return 0
+    return left_out(execute(settings, args.out, args.device, args.quiet))
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 DATASETS = ("mvtec", "visa", "folder")
 PREPROCESSING = ("agnostic", "informed", "none")
 
+
 @dataclass(frozen=True)
 class CategoryDefaults:
     rotate: bool  # rotation augmentation of support images

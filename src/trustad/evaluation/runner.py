@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from torch import Tensor
 from ..attacks import AttackSettings, probe_objective, run_attack, score_loss, train_probe
 from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime, batches
-from ..data import CategoryData, image_size, list_categories, load_category, load_mask
+from ..data import CategoryData, Sample, list_categories, load_category, load_mask
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
+from ..images import ImageReadError
 from .examples import save_examples
 from .progress import Progress
 from .rows import (
@@ -56,7 +57,8 @@ class CategoryState:
     images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
     sizes: list[tuple[int, int]]  # original (width, height)
     labels: np.ndarray
-    masks: list[np.ndarray] | None  # ground-truth masks at the original size
+    masks: list[np.ndarray | None] | None  # ground truth at the original size; None: none
+    notes: list[str] = field(default_factory=list)  # said in every row of the category
     clean_features: list[Tensor] = field(default_factory=list)
     clean_foreground: list[Tensor] | None = None
     clean_scores: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -92,6 +94,7 @@ class Evaluation:
         if source is not None:
             self.store.record_weights(source.to_dict())
         self.log = Progress(progress)
+        self.skipped: list[str] = []  # files and units left out, with the reason
         self.calibration_options = CalibrationOptions(
             {name: settings.calibrator_options(name) for name in ("platt",)},
             settings.flag_rate,
@@ -156,6 +159,7 @@ class Evaluation:
             return
         st = self._load(data)
         det = self._detector(category)
+        pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         st.clean_foreground = det.foreground(st.clean_features)
         for seed, cond, eps, shots in pending:
@@ -185,20 +189,57 @@ class Evaluation:
         )
 
     def _load(self, data: CategoryData) -> CategoryState:
+        """Test images, sizes, labels and masks; an unreadable image is left out (and said
+        so), an unreadable or missing mask leaves only that image out of pixel metrics."""
         category = data.category
         self.log(
             f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
         )
-        images, sizes = [], []
+        kept, images, sizes = [], [], []
         for i, sample in enumerate(data.test):
             self.log(f"[{category}] preprocessing", i, len(data.test))
-            images.extend(self.runtime.preprocess([sample.path])[0])
-            sizes.append(image_size(sample.path))
-        labels = np.array([s.label for s in data.test])
+            try:
+                tensors, size = self.runtime.preprocess([sample.path])
+            except ImageReadError as exc:
+                self._skip(f"[{category}] test image left out: {exc}")
+                continue
+            kept.append(sample)
+            images.extend(tensors)
+            sizes.extend(size)
+        if not kept:
+            raise ValueError(f"{category}: none of its {len(data.test)} test images is readable")
+        notes = []
+        if len(kept) < len(data.test):
+            notes.append(f"{len(data.test) - len(kept)} unreadable test image(s) left out")
+        data = replace(data, test=tuple(kept))
         masks = None
         if data.has_masks:
-            masks = [load_mask(s, size) for s, size in zip(data.test, sizes)]
-        return CategoryState(data, images, sizes, labels, masks)
+            masks = [self._mask(sample, size) for sample, size in zip(data.test, sizes)]
+            without = [s.image_id for s, m in zip(data.test, masks) if m is None]
+            if without:
+                shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
+                notes.append(
+                    f"pixel metrics without {len(without)} anomalous image(s) that have no "
+                    f"readable mask: {shown}"
+                )
+        labels = np.array([s.label for s in data.test])
+        return CategoryState(data, images, sizes, labels, masks, notes=notes)
+
+    def _mask(self, sample: Sample, size: tuple[int, int]) -> np.ndarray | None:
+        if not sample.mask_available:
+            self._skip(f"{sample.path}: anomalous, no mask file; left out of pixel metrics")
+            return None
+        try:
+            return load_mask(sample, size)
+        except ValueError as exc:  # unreadable, or not the image's size
+            self._skip(f"mask left out of pixel metrics: {exc}")
+            return None
+
+    def _skip(self, message: str) -> None:
+        """Something left out of the run: said now, listed in run.json and at the end."""
+        self.skipped.append(message)
+        self.store.record("skipped", self.skipped)
+        self.log(message)
 
     def _features(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
         out: list[Tensor] = []
@@ -208,7 +249,9 @@ class Evaluation:
         self.log(f"[{st.category}] {what}", len(out), len(images))
         return out
 
-    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+    def _support_features(
+        self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int
+    ) -> list[Tensor]:
         paths = select_support(st.data.train, shots, seed)
         missing = [p for p in paths if p not in st.support_features]
         for i, path in enumerate(missing):
@@ -216,7 +259,29 @@ class Evaluation:
             st.support_features[path] = self.runtime.features(det.support_views(path))
         if missing:
             self.log(f"[{st.category}] support features", len(missing), len(missing))
-        det.fit_features([f for p in paths for f in st.support_features[p]])
+        return [f for p in paths for f in st.support_features[p]]
+
+    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+        det.fit_features(self._support_features(det, st, shots, seed))
+
+    def _readable_support(
+        self, st: CategoryState, det: AnomalyDINO, pending: list[tuple[int, str, float, list[int]]]
+    ) -> list[tuple[int, str, float, list[int]]]:
+        """The pending units whose support images can all be read; the others are skipped
+        and said so (the drawn support set names the unreadable file)."""
+        unreadable = set()
+        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots}):
+            try:
+                self._support_features(det, st, k, seed)
+            except ImageReadError as exc:
+                unreadable.add((seed, k))
+                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {exc}")
+        out = []
+        for seed, cond, eps, shots in pending:
+            kept = [k for k in shots if (seed, k) not in unreadable]
+            if kept:
+                out.append((seed, cond, eps, kept))
+        return out
 
     # -- one unit -----------------------------------------------------------------------
     def _unit(
@@ -234,7 +299,7 @@ class Evaluation:
         if attacked is None:
             st.clean_scores[unit.shots, unit.seed] = scores
         clean = self._clean_scores(st, det, unit.shots, unit.seed)
-        notes = []
+        notes = list(st.notes)
         attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
         if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
             notes.append(IMAGE_LABEL_PROBE)
@@ -242,8 +307,9 @@ class Evaluation:
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         if self.s.pixel_metrics and st.masks is not None:
-            maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
-            row.update(pixel_columns(st.masks, maps))
+            have = [i for i, m in enumerate(st.masks) if m is not None]
+            maps = [anomaly_map(dists[i], st.sizes[i]) for i in have]
+            row.update(pixel_columns([st.masks[i] for i in have], maps))
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
@@ -278,7 +344,7 @@ class Evaluation:
         if st.probe_labels is None:
             st.probe_labels = []
             for i, x in enumerate(st.images):
-                if st.masks is not None:
+                if st.masks is not None and st.masks[i] is not None:
                     m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
                 else:
                     m = torch.full((x.shape[1] // 14, x.shape[2] // 14), bool(st.labels[i]))
