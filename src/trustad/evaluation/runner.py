@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,13 @@ import torch
 from torch import Tensor
 
 from ..attacks import AttackSettings, probe_objective, run_attack, score_loss, train_probe
-from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime, batches
-from ..data import CategoryData, Sample, list_categories, load_category, load_mask
+from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
 from ..images import ImageReadError
+from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .progress import Progress
 from .rows import (
@@ -47,28 +46,6 @@ from .store import ResultStore
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
-
-
-@dataclass
-class CategoryState:
-    """What is computed once per category and shared by every unit of work."""
-
-    data: CategoryData
-    images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
-    sizes: list[tuple[int, int]]  # original (width, height)
-    labels: np.ndarray
-    masks: list[np.ndarray | None] | None  # ground truth at the original size; None: none
-    notes: list[str] = field(default_factory=list)  # said in every row of the category
-    clean_features: list[Tensor] = field(default_factory=list)
-    clean_foreground: list[Tensor] | None = None
-    clean_scores: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
-    probe_labels: list[Tensor] | None = None
-    probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-
-    @property
-    def category(self) -> str:
-        return self.data.category
 
 
 class Evaluation:
@@ -157,7 +134,7 @@ class Evaluation:
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return
-        st = self._load(data)
+        st = load_state(data, self.runtime, self.log, self._skip)
         det = self._detector(category)
         pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -187,53 +164,6 @@ class Evaluation:
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
         )
-
-    def _load(self, data: CategoryData) -> CategoryState:
-        """Test images, sizes, labels and masks; an unreadable image is left out (and said
-        so), an unreadable or missing mask leaves only that image out of pixel metrics."""
-        category = data.category
-        self.log(
-            f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
-        )
-        kept, images, sizes = [], [], []
-        for i, sample in enumerate(data.test):
-            self.log(f"[{category}] preprocessing", i, len(data.test))
-            try:
-                tensors, size = self.runtime.preprocess([sample.path])
-            except ImageReadError as exc:
-                self._skip(f"[{category}] test image left out: {exc}")
-                continue
-            kept.append(sample)
-            images.extend(tensors)
-            sizes.extend(size)
-        if not kept:
-            raise ValueError(f"{category}: none of its {len(data.test)} test images is readable")
-        notes = []
-        if len(kept) < len(data.test):
-            notes.append(f"{len(data.test) - len(kept)} unreadable test image(s) left out")
-        data = replace(data, test=tuple(kept))
-        masks = None
-        if data.has_masks:
-            masks = [self._mask(sample, size) for sample, size in zip(data.test, sizes)]
-            without = [s.image_id for s, m in zip(data.test, masks) if m is None]
-            if without:
-                shown = ", ".join(without[:3]) + (", ..." if len(without) > 3 else "")
-                notes.append(
-                    f"pixel metrics without {len(without)} anomalous image(s) that have no "
-                    f"readable mask: {shown}"
-                )
-        labels = np.array([s.label for s in data.test])
-        return CategoryState(data, images, sizes, labels, masks, notes=notes)
-
-    def _mask(self, sample: Sample, size: tuple[int, int]) -> np.ndarray | None:
-        if not sample.mask_available:
-            self._skip(f"{sample.path}: anomalous, no mask file; left out of pixel metrics")
-            return None
-        try:
-            return load_mask(sample, size)
-        except ValueError as exc:  # unreadable, or not the image's size
-            self._skip(f"mask left out of pixel metrics: {exc}")
-            return None
 
     def _skip(self, message: str) -> None:
         """Something left out of the run: said now, listed in run.json and at the end."""
@@ -339,18 +269,6 @@ class Evaluation:
         return st.clean_scores[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
-    def _probe_labels(self, st: CategoryState) -> list[Tensor]:
-        """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
-        if st.probe_labels is None:
-            st.probe_labels = []
-            for i, x in enumerate(st.images):
-                if st.masks is not None and st.masks[i] is not None:
-                    m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
-                else:
-                    m = torch.full((x.shape[1] // 14, x.shape[2] // 14), bool(st.labels[i]))
-                st.probe_labels.append(m.float())
-        return st.probe_labels
-
     def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:
         if seed not in st.probes:
             settings = self.s.probe(seed)
@@ -361,7 +279,7 @@ class Evaluation:
                     "calibration split (probe_train_on='calibration'), but this category has "
                     "none (see the clean rows' note); use probe_train_on='test'"
                 )
-            labels = self._probe_labels(st)
+            labels = probe_labels(st, self.s.resolution)
             feats = torch.cat(
                 [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]
             )
@@ -434,7 +352,7 @@ class Evaluation:
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:
             probe = self._probe(st, seed, split)
-            patch_labels = self._probe_labels(st)
+            patch_labels = probe_labels(st, self.s.resolution)
             device = self.runtime.device
 
             def objective_for(idx: list[int]) -> Callable[[Tensor], Tensor]:
