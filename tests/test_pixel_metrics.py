@@ -13,7 +13,7 @@ from trustad.pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 
 
 def random_set(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A few masks with blobs and scattered pixels, maps with and without ties."""
+    """A few masks with scattered pixels; maps with and without ties, float32 and float64."""
     rng = np.random.default_rng(seed)
     masks, maps = [], []
     for _ in range(int(rng.integers(1, 5))):
@@ -23,7 +23,7 @@ def random_set(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if seed % 2:
             amap = np.round(amap * 5) / 5  # many ties
         masks.append(mask)
-        maps.append(amap.astype(np.float32 if seed % 3 else np.float64))
+        maps.append(amap.astype(np.float32 if (seed + len(maps)) % 3 else np.float64))  # mixed
     return masks, maps
 
 

@@ -97,7 +97,7 @@ def _pooled(maps: Sequence[ArrayLike] | Tensor, shapes: tuple[tuple[int, int], .
         if not a.is_floating_point():
             a = a.double()
         flat.append(a.detach().reshape(-1))
-    s = torch.cat([f.to(flat[0].device, torch.promote_types(flat[0].dtype, f.dtype)) for f in flat])
+    s = torch.cat([f.to(flat[0].device) for f in flat])  # mixed dtypes promote, as numpy
     if not bool(torch.isfinite(s).all()):
         bad = next(i for i, f in enumerate(flat) if not bool(torch.isfinite(f).all()))
         raise ValueError(f"image {bad}: anomaly map has non-finite values")
