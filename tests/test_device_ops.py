@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from trustad.attacks import linf, mean_linf_psnr, psnr
-from trustad.backbone.preprocess import preprocess
-from trustad.backbone.resize import pillow_coefficients, preprocess_batch
+from trustad.backbone.preprocess import crop_to_patches, preprocess, resized_size
+from trustad.backbone.resize import pillow_coefficients, preprocess_batch, resize_bicubic_uint8
 from trustad.backbone.rotate import rotate_rgb8_torch
 
 ANGLES = (0, 45, 90, 135, 180, 225, 270, 315, 30, -17.5)
@@ -88,15 +89,29 @@ def test_rotation_rejects_float_images():
         rotate_rgb8_torch(torch.rand(3, 8, 8), [45])
 
 
-@pytest.mark.parametrize(
-    "h, w, resolution",
-    [(20, 30, 56), (100, 80, 56), (56, 56, 56), (57, 300, 56), (5, 3, 28), (203, 157, 98)],
-)
-def test_preprocess_batch_equals_pillow(torch_device, h, w, resolution):
+SIZES = [(20, 30, 56), (100, 80, 56), (56, 56, 56), (57, 300, 56), (5, 3, 28), (203, 157, 98)]
+
+
+def sample_images(h: int, w: int) -> list[np.ndarray]:
     rng = np.random.default_rng(h * w)
     noisy = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     edges = np.where((np.arange(w) % 5 == 0)[None, :, None], 255, 0).repeat(h, 0).repeat(3, 2)
-    images = [noisy, edges.astype(np.uint8)]
+    return [noisy, edges.astype(np.uint8)]
+
+
+@pytest.mark.parametrize("h, w, resolution", SIZES)
+def test_torch_bicubic_equals_pillow(torch_device, h, w, resolution):
+    size = resized_size(w, h, resolution)
+    for arr in sample_images(h, w):
+        ref = np.asarray(Image.fromarray(arr).resize(size, Image.BICUBIC))
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch_device)
+        got = resize_bicubic_uint8(x, size)[0].permute(1, 2, 0).cpu().numpy()
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("h, w, resolution", SIZES)
+def test_preprocess_batch_equals_preprocess(torch_device, h, w, resolution):
+    images = sample_images(h, w)
     ref = torch.stack([preprocess(a, resolution) for a in images])
     got = preprocess_batch([torch.from_numpy(a) for a in images], resolution, torch_device)
     assert got.device.type == torch_device.type
@@ -110,12 +125,14 @@ def test_pillow_coefficients_sum_to_one_in_fixed_point():
         assert np.abs(kk.sum(axis=1) - (1 << 22)).max() <= kk.shape[1]
 
 
-def test_preprocess_batch_gives_the_same_features(tiny_vit):
+def test_torch_bicubic_gives_the_same_features(tiny_vit):
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, size=(90, 70, 3), dtype=np.uint8) for _ in range(3)]
     ref = torch.stack([preprocess(a, 56) for a in images])
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    ours = crop_to_patches(resize_bicubic_uint8(x, resized_size(70, 90, 56)).float() / 255.0)
     with torch.no_grad():
-        diff = tiny_vit.patch_features(preprocess_batch(images, 56)) - tiny_vit.patch_features(ref)
+        diff = tiny_vit.patch_features(ours) - tiny_vit.patch_features(ref)
     assert diff.abs().max() == 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .preprocess import DEFAULT_RESOLUTION, crop_to_patches, resized_size
+from .preprocess import DEFAULT_RESOLUTION, crop_to_patches, preprocess, resized_size
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 _BICUBIC_A = -0.5
@@ -97,7 +97,7 @@ def preprocess_batch(
     """Decoded images, uint8 (H, W, 3) each and all of one size (or one (B, H, W, 3) tensor),
     as the model input (B, 3, H', W') in [0, 1] on ``device`` (default: the images' device):
     smaller edge ``resolution`` by Pillow's bicubic, cropped top-left to multiples of 14.
-    Equal to stacking ``preprocess`` of each image."""
+    Equal to stacking ``preprocess`` of each image (which it is, on the CPU)."""
     if len(images) == 0:
         raise ValueError("no images to preprocess")
     hwc = [_as_hwc_uint8(img, i) for i, img in enumerate(images)]
@@ -106,6 +106,9 @@ def preprocess_batch(
         raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}")
     if device is None:
         device = hwc[0].device
+    if torch.device(device).type == "cpu":
+        # Pillow is several times faster on the CPU, with the same result.
+        return torch.stack([preprocess(t.cpu().numpy(), resolution) for t in hwc])
     x = torch.stack([t.to(device) for t in hwc]).permute(0, 3, 1, 2)
     h, w = x.shape[-2:]
     x = resize_bicubic_uint8(x, resized_size(w, h, resolution))
