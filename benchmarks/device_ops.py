@@ -22,8 +22,8 @@ from scipy import ndimage
 
 from trustad import metrics
 from trustad.attacks import linf, mean_linf_psnr, psnr
-from trustad.backbone.preprocess import preprocess
-from trustad.backbone.resize import preprocess_batch
+from trustad.backbone.preprocess import crop_to_patches, preprocess, resized_size
+from trustad.backbone.resize import preprocess_batch, resize_bicubic_uint8
 from trustad.backbone.rotate import rotate_rgb8_torch
 from trustad.detector import ROTATION_ANGLES
 from trustad.maps import MAP_SIGMA, anomaly_maps_torch
@@ -158,6 +158,7 @@ def main() -> None:
 
     cpu_dist_s, ref_dist = timed(per_pair, args.repeats)
 
+    resized = resized_size(size, size, args.resolution)
     for name in args.device:
         device = torch.device(name)
         d = grids.to(device)
@@ -190,6 +191,15 @@ def main() -> None:
         )
         diff = float((pre.cpu() - ref_pre).abs().max())
         report(f"preprocessing ({args.images} images)", cpu_pre_s, pre_s, diff, device)
+        # The torch resampling itself (what preprocess_batch runs on accelerators).
+        x = torch.stack(batch).permute(0, 3, 1, 2)
+        bic_s, bic = timed(
+            lambda x=x: crop_to_patches(resize_bicubic_uint8(x, resized).float() / 255.0),
+            args.repeats,
+            device,
+        )
+        diff = float((bic.cpu() - ref_pre).abs().max())
+        report("  torch bicubic only", cpu_pre_s, bic_s, diff, device)
         c, a = [t.to(device) for t in clean], [t.to(device) for t in adv]
         dist_s, dist = timed(lambda c=c, a=a: mean_linf_psnr(c, a), args.repeats, device)
         diff = max(abs(float(dist[0]) - ref_dist[0]), abs(float(dist[1]) - ref_dist[1]))
