@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..images import array_to_uint8, read_rgb8, to_rgb8
 from .dinov2 import PATCH_SIZE
+from .rotate import rotate_rgb8_torch
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
@@ -99,45 +100,11 @@ def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
 
     Source coordinates are computed in OpenCV 4's fixed point (1/1024 steps, then 1/32 of a
     pixel), which the reference code ran on; results agree with OpenCV 4 to within one grey
-    level. (OpenCV 5 computes them in floating point and differs by a few levels.)
+    level. (OpenCV 5 computes them in floating point and differs by a few levels.) The work
+    is ``rotate.rotate_rgb8_torch``, which rotates batches on any device.
     """
     if angle % 360 == 0:
         return img.copy()
-    src = np.asarray(img, dtype=np.float32)
-    h, w = src.shape[:2]
-    cx, cy = w / 2.0, h / 2.0
-    a = np.deg2rad(angle)
-    cos, sin = np.cos(a), np.sin(a)
-    # OpenCV's getRotationMatrix2D maps source to destination; warpAffine inverts it to
-    # sample, with the same closed form as below.
-    m = [cos, sin, (1 - cos) * cx - sin * cy, -sin, cos, sin * cx + (1 - cos) * cy]
-    d = 1.0 / (m[0] * m[4] - m[1] * m[3])
-    i00, i01, i10, i11 = m[4] * d, -m[1] * d, -m[3] * d, m[0] * d
-    i02, i12 = -i00 * m[2] - i01 * m[5], -i10 * m[2] - i11 * m[5]
-    # warpAffine's fixed point: the row and column terms are each rounded to 1/1024, summed
-    # with half a 1/32 step, then truncated to 1/32 of a pixel.
-    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-    col_x, col_y = np.rint(i00 * xs * 1024), np.rint(i10 * xs * 1024)
-    row_x, row_y = np.rint((i01 * ys + i02) * 1024) + 16, np.rint((i11 * ys + i12) * 1024) + 16
-    fixed_x = (row_x[:, None] + col_x[None, :]).astype(np.int64) >> 5
-    fixed_y = (row_y[:, None] + col_y[None, :]).astype(np.int64) >> 5
-    sx, sy = fixed_x / 32.0, fixed_y / 32.0
-    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-
-    def reflect101(i: np.ndarray, n: int) -> np.ndarray:
-        if n == 1:
-            return np.zeros_like(i)
-        period = 2 * n - 2
-        i = np.mod(i, period)
-        return np.where(i >= n, period - i, i)
-
-    xa, xb = reflect101(x0, w), reflect101(x0 + 1, w)
-    ya, yb = reflect101(y0, h), reflect101(y0 + 1, h)
-    out = (
-        src[ya, xa] * (1 - fx) * (1 - fy)
-        + src[ya, xb] * fx * (1 - fy)
-        + src[yb, xa] * (1 - fx) * fy
-        + src[yb, xb] * fx * fy
-    )
-    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    chw = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    out = rotate_rgb8_torch(chw, [angle])[0]
+    return Image.fromarray(out.permute(1, 2, 0).numpy())
