@@ -16,6 +16,7 @@ computed in float64 (immune to TF32; needs a device with float64, i.e. not MPS).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +90,19 @@ def anomaly_maps_torch(
     for start in range(0, len(grid), MAP_CHUNK):
         out[start : start + MAP_CHUNK] = rows @ grid[start : start + MAP_CHUNK] @ cols.T
     return out
+
+
+def anomaly_maps_grouped(
+    distances: Sequence[Tensor], sizes: Sequence[tuple[int, int]], device: torch.device | str
+) -> list[Tensor]:
+    """Maps of grids of any shapes and sizes, in one batched call per (grid shape, size) on
+    ``device``; in the order given."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (d, size) in enumerate(zip(distances, sizes)):
+        groups.setdefault((tuple(d.shape), tuple(size)), []).append(i)
+    out: list[Tensor | None] = [None] * len(distances)
+    for (_, size), idx in groups.items():
+        batch = torch.stack([distances[i] for i in idx]).to(device)
+        for i, m in zip(idx, anomaly_maps_torch(batch, size)):
+            out[i] = m
+    return out  # type: ignore[return-value]

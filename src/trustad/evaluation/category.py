@@ -3,7 +3,10 @@ support features, probes; shared by every unit of work of the category."""
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,7 +18,10 @@ from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime
 from ..data import CategoryData, Sample, load_mask
 from ..images import ImageReadError
+from ..pixel_metrics import PixelTargets
 from .progress import Progress
+
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -34,10 +40,20 @@ class CategoryState:
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
+    pixel_targets: PixelTargets | None = None  # ground-truth regions on the device
 
     @property
     def category(self) -> str:
         return self.data.category
+
+
+def _preprocess_or_error(
+    runtime: BackboneRuntime, sample: Sample
+) -> tuple[list[Tensor], list[tuple[int, int]]] | ImageReadError:
+    try:
+        return runtime.preprocess([sample.path])
+    except ImageReadError as exc:
+        return exc
 
 
 def load_state(
@@ -48,16 +64,17 @@ def load_state(
     category = data.category
     log(f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images")
     kept, images, sizes = [], [], []
-    for i, sample in enumerate(data.test):
-        log(f"[{category}] preprocessing", i, len(data.test))
-        try:
-            tensors, size = runtime.preprocess([sample.path])
-        except ImageReadError as exc:
-            skip(f"[{category}] test image left out: {exc}")
-            continue
-        kept.append(sample)
-        images.extend(tensors)
-        sizes.extend(size)
+    # Decoding and resizing release the GIL: worker threads keep the device fed.
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        decoded = pool.map(functools.partial(_preprocess_or_error, runtime), data.test)
+        for i, (sample, result) in enumerate(zip(data.test, decoded)):
+            log(f"[{category}] preprocessing", i, len(data.test))
+            if isinstance(result, ImageReadError):
+                skip(f"[{category}] test image left out: {result}")
+                continue
+            kept.append(sample)
+            images.extend(result[0])
+            sizes.extend(result[1])
     if not kept:
         raise ValueError(f"{category}: none of its {len(data.test)} test images is readable")
     notes = []

@@ -25,8 +25,10 @@ from ..backbone.runtime import BackboneRuntime, batches
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
-from ..detector import AnomalyDINO, anomaly_map
+from ..detector import AnomalyDINO
 from ..images import ImageReadError
+from ..maps import anomaly_maps_grouped
+from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .progress import Progress
@@ -237,9 +239,7 @@ class Evaluation:
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         if self.s.pixel_metrics and st.masks is not None:
-            have = [i for i, m in enumerate(st.masks) if m is not None]
-            maps = [anomaly_map(dists[i], st.sizes[i]) for i in have]
-            row.update(pixel_columns([st.masks[i] for i in have], maps))
+            row.update(self._pixel_columns(st, dists))
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
@@ -257,6 +257,21 @@ class Evaluation:
                 self.s.save_examples,
             )
         return row, per_image
+
+    def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
+        """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
+        device; metrics there on an accelerator, in numpy on the CPU (faster there)."""
+        have = [i for i, m in enumerate(st.masks) if m is not None]
+        device = self.runtime.device
+        maps = anomaly_maps_grouped([dists[i] for i in have], [st.sizes[i] for i in have], device)
+        if device.type == "cpu":
+            return pixel_columns([st.masks[i] for i in have], [m.numpy() for m in maps])
+        if st.pixel_targets is None:
+            st.pixel_targets = pixel_targets([st.masks[i] for i in have], device)
+        return {
+            "pixel_auroc": float(pixel_auroc_torch(st.pixel_targets, maps)),
+            "aupro": float(aupro_torch(st.pixel_targets, maps)),
+        }
 
     def _clean_scores(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
