@@ -12,39 +12,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
-from PIL import Image
+from model_helpers import RES, make_part_folders
 
 from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
 
-RES = 56
-
-
-def make_image(path: Path, seed: int, defect: bool = False, size=(64, 60)) -> Path:
-    """A noisy striped texture; ``defect`` paints a bright square in it."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    x = np.linspace(0, 6 * np.pi, w)
-    base = (0.5 + 0.3 * np.sin(x))[None, :, None] * np.ones((h, 1, 3))
-    img = np.clip(base + rng.normal(0, 0.05, (h, w, 3)), 0, 1)
-    if defect:
-        img[h // 3 : h // 3 + 14, w // 3 : w // 3 + 14] = [1.0, 0.1, 0.1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((img * 255).astype(np.uint8)).save(path)
-    return path
-
 
 @pytest.fixture
 def images(tmp_path):
-    good = [make_image(tmp_path / "train" / f"{i:02d}.png", i) for i in range(3)]
-    cal_good = [make_image(tmp_path / "cal" / "good" / f"{i:02d}.png", 100 + i) for i in range(4)]
-    cal_bad = [
-        make_image(tmp_path / "cal" / "spot" / f"{i:02d}.png", 200 + i, True) for i in range(3)
-    ]
-    test = [make_image(tmp_path / "test" / f"{i:02d}.png", 300 + i, i % 2 == 1) for i in range(4)]
-    return {"good": good, "cal_good": cal_good, "cal_bad": cal_bad, "test": test}
+    return make_part_folders(tmp_path)
 
 
 def with_source(backbone, path: Path, content: bytes = b"weights") -> torch.nn.Module:
