@@ -47,3 +47,48 @@ def register_tiny_backbone(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Pat
     if not path.exists():
         save_file({k: v.contiguous() for k, v in make_tiny_vit().state_dict().items()}, str(path))
     return path
+
+
+def require(module: str):
+    """Import ``module``; skip when it is missing, except in CI (env CI set), where a
+    missing test dependency must fail rather than hide the tests."""
+    import importlib
+    import os
+
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (trustad[serve,dev])")
+
+
+class ServerThread:
+    """A real uvicorn server for ``app`` on 127.0.0.1 and a free port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", limit_concurrency=64)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> ServerThread:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()

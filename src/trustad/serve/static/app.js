@@ -38,6 +38,8 @@ function show(result, file) {
     (result.decision ? "anomalous" : "normal");
   $("decision-rule").textContent = result.decision_rule ?
     `by the ${result.decision_rule} rule` : "no threshold fitted";
+  $("decision").className = result.decision ? "bad" : "ok";
+  $("flag").className = result.flag ? "warn" : "";
   $("flag").textContent = result.flag === null ? "not fitted" :
     (result.flag ? "RAISED" : "no");
   const v = $("verdict");
