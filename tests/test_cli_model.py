@@ -162,6 +162,20 @@ def test_predict_folder_with_bad_files_and_resume(setup, capsys):
     assert len({r["path"] for r in lines}) == 7
 
 
+def test_predict_reports_a_missing_file_on_its_own_line(setup, capsys):
+    images, weights, tmp = setup
+    model_path = tmp / "m.safetensors"
+    fit(weights, model_path, images["good"][0].parent)
+    args = ["predict", str(model_path), str(images["test"][0]), str(tmp / "missing.png")]
+    capsys.readouterr()
+    assert main([*args, "--weights", str(weights), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    first, second = (json.loads(line) for line in captured.out.splitlines())
+    assert first["decision"] is None and first["probability"] is None  # nothing calibrated
+    assert "image file not found" in second["error"]
+    assert "predicted 1 image(s)" in captured.err and "1 failed" in captured.err
+
+
 def test_predict_gives_the_scores_of_evaluate(setup, capsys):
     """Same support images and settings: `predict` scores equal `evaluate`'s scores.csv."""
     _, weights, tmp = setup

@@ -15,17 +15,19 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
+def collect_images(paths: Sequence[str | Path], missing_ok: bool = False) -> list[Path]:
     """Files as given, and the image files under each folder (recursive, sorted by path).
 
     A file named explicitly is kept whatever its extension, so that a bad input gets
     reported rather than silently skipped; inside folders only image extensions count.
+    A path that does not exist raises FileNotFoundError, or with ``missing_ok`` is kept
+    (for the caller to report along with the other inputs).
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
-        elif p.exists():
+        elif p.exists() or missing_ok:
             out.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")

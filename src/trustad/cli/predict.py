@@ -59,13 +59,14 @@ def resume(out: Path) -> set[str]:
 def map_paths(maps: Path, images: list[Path]) -> dict[Path, Path]:
     """Where each image's overlay goes: its path below the images' common folder,
     mirrored under ``maps``, as ``<stem>_map.png``."""
-    if not images:
+    resolved = [p.resolve() for p in images if p.exists()]
+    if not resolved:
         return {}
-    resolved = [p.resolve() for p in images]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
     return {
-        img: maps / r.parent.relative_to(root) / f"{r.stem}_map.png"
-        for img, r in zip(images, resolved)
+        img: maps / img.resolve().parent.relative_to(root) / f"{img.stem}_map.png"
+        for img in images
+        if img.exists()
     }
 
 
@@ -105,27 +106,29 @@ def predict_paths(
     records = []
     destinations = map_paths(maps, paths) if maps is not None else {}
     for chunk in _chunks(paths, model.detector.batch_size):
+        found: dict[int, dict[str, Any]] = {}  # lines in input order within the chunk
         good, rgbs = [], []
-        for path in chunk:
+        for i, path in enumerate(chunk):
             try:
                 rgbs.append(load_rgb8(path))
-                good.append(path)
+                good.append(i)
             except (ValueError, OSError) as exc:
-                records.append({"path": str(path), "error": str(exc)})
-                sink.write(json.dumps(records[-1]) + "\n")
+                found[i] = {"path": str(path), "error": str(exc)}
         if good:
             tensors = [preprocess(rgb, model.detector.resolution) for rgb in rgbs]
             feats = model.detector.features(tensors)
             preds = model.predict_from_features(feats, [r.size for r in rgbs], maps is not None)
-            for path, rgb, pred in zip(good, rgbs, preds):
-                rec = {"path": str(path), **pred.to_dict()}
+            for i, rgb, pred in zip(good, rgbs, preds):
+                rec = {"path": str(chunk[i]), **pred.to_dict()}
                 if maps is not None:
-                    dest = destinations[path]
+                    dest = destinations[chunk[i]]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(overlay_png(rgb, pred.anomaly_map, model.map_range_))
                     rec["map"] = str(dest)
-                records.append(rec)
-                sink.write(json.dumps(json_safe(rec)) + "\n")
+                found[i] = rec
+        for i in sorted(found):
+            records.append(found[i])
+            sink.write(json.dumps(json_safe(found[i])) + "\n")
         sink.flush()
         progress.step(len(chunk))
     return records
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     model = FittedDetector.load(
         args.model, weights=args.weights, device=args.device, batch_size=args.batch_size
     )
-    paths = collect_images(args.paths)
+    paths = collect_images(args.paths, missing_ok=True)
     out = Path(args.out) if args.out else None
     done = resume(out) if out else set()
     todo = [p for p in paths if _key(p) not in done]
