@@ -313,6 +313,14 @@ class FittedDetector:
             },
             "flag": None if self.flag_ is None else {"name": self.flag, **self.flag_.state()},
             "decision_rule": self.decision_rule_,
+            # What was asked for (what a later calibrate() fits), besides what was fitted.
+            "requested": {
+                "calibrator": self.calibrator,
+                "calibrator_options": self.calibrator_options,
+                "conformal_alpha": self.conformal_alpha,
+                "flag": self.flag,
+                "flag_options": self.flag_options,
+            },
             "map_range": None if self.map_range_ is None else list(self.map_range_),
         }
 
@@ -361,15 +369,7 @@ class FittedDetector:
                 f"gives {backbone.embed_dim}"
             )
         cal, conf, flag = s["calibrator"], s["conformal"], s["flag"]
-        model = cls(
-            backbone,
-            **s["preprocessing"],
-            batch_size=batch_size,
-            calibrator=None if cal is None else cal["name"],
-            calibrator_options=None if cal is None else cal["options"],
-            conformal_alpha=DEFAULT_CONFORMAL_ALPHA if conf is None else conf["alpha"],
-            flag=None if flag is None else flag["name"],
-        )
+        model = cls(backbone, **s["preprocessing"], batch_size=batch_size, **s["requested"])
         model.detector.memory_bank_ = bank.to(model.detector.device)
         model.support_ = s["support"]
         model.created_ = s["created"]
