@@ -95,6 +95,7 @@ def test_bad_inputs_get_4xx_json(served):
         "truncated": (post(url, raw[: len(raw) // 2]), 400, "truncated or corrupt"),
         "empty": (post(url, b""), 400, "empty"),
         "too many pixels": (post(url, png_bytes(200, 100)), 413, "20000 pixels"),
+        "too long once resized": (post(url, png_bytes(150, 10)), 413, "resizes to 840x56"),
         # within the multipart overhead: refused after reading the file
         "too many bytes": (post(url, b"x" * (MAX_UPLOAD + 10)), 413, "upload limit"),
         # far beyond: refused from the Content-Length header

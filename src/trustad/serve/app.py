@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
-from ..backbone.preprocess import load_rgb8
+from ..backbone.preprocess import load_rgb8, resized_size
 from ..model import FittedDetector, json_safe, overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -52,9 +52,12 @@ class UploadError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
+def decode_image(
+    data: bytes, max_pixels: int, name: str = "upload", resolution: int | None = None
+) -> Image.Image:
     """The uploaded bytes as 8-bit RGB, or :class:`UploadError` (415 not an image, 413 too
-    many pixels, 400 empty, truncated or corrupt)."""
+    many pixels, also once resized to ``resolution`` (a very elongated image grows), 400
+    empty, truncated or corrupt)."""
     if not data:
         raise UploadError(400, f"{name}: the uploaded file is empty")
     try:
@@ -70,6 +73,14 @@ def decode_image(data: bytes, max_pixels: int, name: str = "upload") -> Image.Im
         raise UploadError(
             413, f"{name}: image is {w}x{h} = {w * h} pixels, more than the limit {max_pixels}"
         )
+    if resolution is not None:
+        rw, rh = resized_size(w, h, resolution)
+        if rw * rh > max_pixels:
+            raise UploadError(
+                413,
+                f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = {rw * rh} "
+                f"pixels (smaller edge {resolution}), more than the limit {max_pixels}",
+            )
     try:
         img.load()
         return load_rgb8(img)
@@ -150,7 +161,7 @@ def create_app(
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
-        rgb = decode_image(data, max_pixels, name)
+        rgb = decode_image(data, max_pixels, name, model.detector.resolution)
         with lock:
             (pred,) = model.predict([rgb], maps=map_format is not MapFormat.none)
         out: dict[str, Any] = {
