@@ -360,6 +360,7 @@ class FittedDetector:
             source = resolve_weights(bb["name"], weights)
             _check_weights(path, recorded, source)
             backbone = load_backbone(bb["name"], str(source.path), device)
+            backbone.weights_source = source  # where it was found, not the explicit path
         else:
             _check_weights(path, recorded, getattr(backbone, "weights_source", None))
         bank = tensors[BANK]

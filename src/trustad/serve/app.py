@@ -64,10 +64,12 @@ def decode_image(
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise UploadError(413, f"{name}: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
         raise UploadError(
-            415, f"{name}: not an image this service can read (PNG, JPEG, BMP, TIFF): {exc}"
+            415, f"{name}: not an image this service can read (PNG, JPEG, BMP, TIFF, ...)"
         ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UploadError(415, f"{name}: not a readable image: {exc}") from exc
     w, h = img.size
     if w * h > max_pixels:
         raise UploadError(
