@@ -1,10 +1,12 @@
-"""The web page in a real headless Chromium: upload an image, see the answer."""
+"""The web page in a real headless Chromium: upload an image, see the answer.
+
+Set TRUSTAD_WEB_SCREENSHOT=/some/file.png to keep a copy of the screenshot for review.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from conftest import make_tiny_vit
@@ -12,7 +14,6 @@ from model_helpers import RES, ServerThread, make_image, require
 
 from trustad.model import FittedDetector
 
-SCREENSHOT_FOR_REVIEW = Path("/tmp/trustad_web.png")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -81,6 +82,7 @@ def test_upload_shows_probability_and_overlay(tmp_path):
             shot = tmp_path / "web.png"
             driver.save_screenshot(str(shot))
             assert shot.stat().st_size > 10_000
-            shutil.copyfile(shot, SCREENSHOT_FOR_REVIEW)
+            if os.environ.get("TRUSTAD_WEB_SCREENSHOT"):
+                shutil.copyfile(shot, os.environ["TRUSTAD_WEB_SCREENSHOT"])
         finally:
             driver.quit()
