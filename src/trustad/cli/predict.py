@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..backbone.preprocess import load_rgb8, preprocess
+from ..backbone.preprocess import load_rgb8
 from ..model import FittedDetector, json_safe, overlay_png
 from .inputs import collect_images
 
@@ -105,7 +105,7 @@ def predict_paths(
     """Predict each path, writing one JSON line per image as soon as it is known."""
     records = []
     destinations = map_paths(maps, paths) if maps is not None else {}
-    for chunk in _chunks(paths, model.detector.batch_size):
+    for chunk in _chunks(paths, model.detector.runtime.batch_size):
         found: dict[int, dict[str, Any]] = {}  # lines in input order within the chunk
         good, rgbs = [], []
         for i, path in enumerate(chunk):
@@ -115,7 +115,7 @@ def predict_paths(
             except (ValueError, OSError) as exc:
                 found[i] = {"path": str(path), "error": str(exc)}
         if good:
-            tensors = [preprocess(rgb, model.detector.resolution) for rgb in rgbs]
+            tensors, _ = model.detector.runtime.preprocess(rgbs)
             feats = model.detector.features(tensors)
             preds = model.predict_from_features(feats, [r.size for r in rgbs], maps is not None)
             for i, rgb, pred in zip(good, rgbs, preds):

@@ -28,6 +28,7 @@ from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
 from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
+from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
@@ -137,7 +138,8 @@ class Evaluation:
             self.log(f"[{category}] already complete, skipped")
             return
         st = load_state(data, self.runtime, self.log, self._skip)
-        det = self._detector(category)
+        st.model = self._model(category)
+        det = st.model.detector
         pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         st.clean_foreground = det.foreground(st.clean_features)
@@ -155,16 +157,21 @@ class Evaluation:
                 scores.extend(unit_scores)
             self.store.add(results, scores)
 
-    def _detector(self, category: str) -> AnomalyDINO:
-        """The detector for a category: the table's defaults unless the settings override."""
+    def _model(self, category: str) -> FittedDetector:
+        """The detector ``trustad fit`` builds, for a category: the table's defaults unless
+        the settings override. Calibration is the rows' job here: every calibrator is
+        fitted per unit, so the model carries none."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
-        return AnomalyDINO(
+        return FittedDetector(
             self.runtime,
             rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
+            calibrator=None,
+            conformal_alpha=None,
+            flag=None,
         )
 
     def _skip(self, message: str) -> None:
@@ -194,7 +201,7 @@ class Evaluation:
         return [f for p in paths for f in st.support_features[p]]
 
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
-        det.fit_features(self._support_features(det, st, shots, seed))
+        st.model.fit_features(self._support_features(det, st, shots, seed))
 
     def _readable_support(
         self, st: CategoryState, det: AnomalyDINO, pending: list[tuple[int, str, float, list[int]]]

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .. import __version__
 from ..backbone import load_backbone, resolve_weights
-from ..backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, preprocess
+from ..backbone.preprocess import DEFAULT_RESOLUTION, ImageInput
+from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
 from .file import ModelFileError, read_model_file, write_model_file
@@ -53,7 +54,7 @@ class FittedDetector:
 
     def __init__(
         self,
-        backbone: torch.nn.Module,
+        backbone: torch.nn.Module | BackboneRuntime,
         *,
         resolution: int = DEFAULT_RESOLUTION,
         rotate: bool = True,
@@ -121,7 +122,7 @@ class FittedDetector:
             "mask_support": d.mask_support,
             "mask_morphology": d.mask_morphology,
             "knn": d.knn,
-            "bf16": d.bf16,
+            "bf16": d.runtime.features_bf16,
         }
 
     # -- fitting ----------------------------------------------------------------------
@@ -265,16 +266,15 @@ class FittedDetector:
         return out
 
     def _features(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
-        rgbs = [load_rgb8(img) for img in images]
-        tensors = [preprocess(rgb, self.detector.resolution) for rgb in rgbs]
-        return self.detector.features(tensors), [rgb.size for rgb in rgbs]
+        tensors, sizes = self.detector.runtime.preprocess(images)
+        return self.detector.features(tensors), sizes
 
     def predict(self, images: Sequence[ImageInput], maps: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per image (paths, PIL images or arrays)."""
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
             images = [images]
         out: list[Prediction] = []
-        step = self.detector.batch_size
+        step = self.detector.runtime.batch_size
         for start in range(0, len(images), step):
             feats, sizes = self._features(images[start : start + step])
             out += self.predict_from_features(feats, sizes, maps)

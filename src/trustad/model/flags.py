@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..calibration import EntropyFlag
+from ..calibration import DEFAULT_FLAG_RATE, EntropyFlag
 
 DEFAULT_FLAG = "entropy"
-DEFAULT_FALSE_FLAG_RATE = 0.05
+DEFAULT_FALSE_FLAG_RATE = DEFAULT_FLAG_RATE
 
 Signals = Mapping[str, np.ndarray]
 

@@ -12,7 +12,6 @@ Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the problem, never a 
 from __future__ import annotations
 
 import base64
-import io
 import threading
 from enum import Enum
 from pathlib import Path
@@ -24,10 +23,17 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .. import __version__
-from ..backbone.preprocess import load_rgb8, resized_size
+from ..backbone.preprocess import resized_size
+from ..images import (
+    ImageReadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    read_rgb8,
+    read_size,
+)
 from ..model import FittedDetector, json_safe, overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -58,38 +64,24 @@ def decode_image(
     """The uploaded bytes as 8-bit RGB, or :class:`UploadError` (415 not an image, 413 too
     many pixels, also once resized to ``resolution`` (a very elongated image grows), 400
     empty, truncated or corrupt)."""
-    if not data:
-        raise UploadError(400, f"{name}: the uploaded file is empty")
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise UploadError(413, f"{name}: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise UploadError(
-            415, f"{name}: not an image this service can read (PNG, JPEG, BMP, TIFF, ...)"
-        ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UploadError(415, f"{name}: not a readable image: {exc}") from exc
-    w, h = img.size
-    if w * h > max_pixels:
-        raise UploadError(
-            413, f"{name}: image is {w}x{h} = {w * h} pixels, more than the limit {max_pixels}"
-        )
-    if resolution is not None:
-        rw, rh = resized_size(w, h, resolution)
-        if rw * rh > max_pixels:
-            raise UploadError(
-                413,
-                f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = {rw * rh} "
-                f"pixels (smaller edge {resolution}), more than the limit {max_pixels}",
-            )
-    try:
-        img.load()
-        return load_rgb8(img)
-    except Image.DecompressionBombError as exc:
-        raise UploadError(413, f"{name}: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UploadError(400, f"{name}: the image data is truncated or corrupt: {exc}") from exc
+        w, h = read_size(data, max_pixels=max_pixels)
+        if resolution is not None:
+            rw, rh = resized_size(w, h, resolution)
+            if rw * rh > max_pixels:
+                raise UploadError(
+                    413,
+                    f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = "
+                    f"{rw * rh} pixels (smaller edge {resolution}), more than the limit "
+                    f"{max_pixels}",
+                )
+        return read_rgb8(data, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, f"{name}: {exc.reason}") from exc
+    except NotAnImageError as exc:
+        raise UploadError(415, f"{name}: {exc.reason} (PNG, JPEG, BMP, TIFF, WebP, ...)") from exc
+    except ImageReadError as exc:
+        raise UploadError(400, f"{name}: unreadable, truncated or corrupt: {exc.reason}") from exc
 
 
 def map_payload(rgb: Image.Image, amap: np.ndarray, fmt: MapFormat, model: FittedDetector):
