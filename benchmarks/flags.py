@@ -151,7 +151,8 @@ def calibrator(name: str, scores, labels, perturbed=None):
     return fit_mixed_calibrator(base, scores, perturbed, labels, **opts)[0]
 
 
-def run_category(c: Category, backbone, args) -> tuple[list[dict], list[dict]]:
+def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], list[dict]]:
+    """Rows for one category; ``done`` holds earlier categories' rows (saved with ours)."""
     t0 = time.time()
     cal_idx, eval_idx = cal.calibration_split(c.labels, args.cal_fraction, args.seed)
     feats = torch.stack(extract_features(backbone, list(c.test), args.batch))
@@ -258,6 +259,12 @@ def run_category(c: Category, backbone, args) -> tuple[list[dict], list[dict]]:
                 )
             )  # fmt: skip
         print(f"[{c.dataset}/{c.name}] {shots} shots done at {time.time() - t0:.0f} s", flush=True)
+        if args.out:  # after every shot count, so that a long run keeps what it measured
+            rows = {
+                "flags": done["flags"] + flag_rows,
+                "calibration": done["calibration"] + cal_rows,
+            }
+            args.out.write_text(json.dumps(rows))
     return flag_rows, cal_rows
 
 
@@ -337,7 +344,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--tables-from", type=Path, nargs="+", help="print tables of saved runs")
     args = p.parse_args()
+    if args.tables_from:
+        saved = [json.loads(path.read_text()) for path in args.tables_from]
+        rows = [r for d in saved for r in d["flags"]], [r for d in saved for r in d["calibration"]]
+        args.shots = sorted({r["shots"] for r in rows[0]})
+        args.eps = sorted({r["eps"] for r in rows[0]})
+        print_tables(*rows, args)
+        return
     for n in args.adaptive + args.abstain:
         if n not in args.flags:
             p.error(f"flag {n!r} is attacked or abstained on but not in --flags")
@@ -356,11 +371,10 @@ def main() -> None:
         if "photos" in args.data:
             cats += photo_categories(args)
         for c in cats:
-            fr, cr = run_category(c, backbone, args)
+            done = {"flags": list(flag_rows), "calibration": list(cal_rows)}
+            fr, cr = run_category(c, backbone, args, done)
             flag_rows += fr
             cal_rows += cr
-            if args.out:  # after every category, so that a long run keeps what it measured
-                args.out.write_text(json.dumps({"flags": flag_rows, "calibration": cal_rows}))
     print_tables(flag_rows, cal_rows, args)
 
 
