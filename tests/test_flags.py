@@ -27,8 +27,10 @@ from trustad.flags import (
     MedianDistanceFlag,
     StabilityFlag,
     abstaining_metrics,
+    calibrated_flags,
     fit_mixed_calibrator,
     flag_aware_score_loss,
+    flag_columns,
     make_flag,
 )
 from trustad.flags.stability import blur, jpeg, shift
@@ -226,3 +228,12 @@ def test_abstaining_metrics_count_abstentions():
     assert m["ece"] == pytest.approx(cal.ece(p[[0, 1, 3]], y[[0, 1, 3]]))
     none_kept = abstaining_metrics(p, y, [True] * 4)
     assert none_kept["abstention"] == 1.0 and math.isnan(none_kept["ece"])
+
+
+def test_flag_columns_for_the_runner():
+    flags = calibrated_flags(None, FlagInputs(_clean_maps(20)), ("median", "exceed"), 0.0)
+    clean = FlagInputs(_clean_maps(6, seed=2))
+    cols = flag_columns(flags, clean, FlagInputs(clean.distances + 0.3))
+    assert set(cols) == {f"flag_{m}_{n}" for m in ("auroc", "tpr", "ffr") for n in flags}
+    assert cols["flag_auroc_median"] == 1.0 and cols["flag_tpr_exceed"] == 1.0
+    assert cols["flag_ffr_median"] == 0.0

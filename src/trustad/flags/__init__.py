@@ -7,6 +7,11 @@ Use from a fitted :class:`trustad.detector.AnomalyDINO` and what it computed::
     values = flag.statistic(FlagInputs(distances, features, images))
     flagged = flag.predict(values)
 
+For an evaluation runner: ``calibrated_flags(detector, clean_calibration)`` once per fitted
+detector, then ``flag_columns(flags, clean_evaluation, attacked_evaluation)`` per attack.
+The adaptive attacker is ``flag_aware_score_loss`` (an objective for PGD); calibration
+that holds under attack: ``fit_mixed_calibrator`` and ``abstaining_metrics``.
+
 ``FLAGS`` maps each name to its class; ``FLAG_COSTS`` gives the extra backbone forward
 passes per image each costs (0: computed from the detector's own pass). The statistics are
 comparable across images of one detector (one category, shots and seed) only.
@@ -16,7 +21,16 @@ from __future__ import annotations
 
 from .adaptive import DEFAULT_LAMBDA, flag_aware_score_loss
 from .base import DEFAULT_FALSE_FLAG_RATE, BaseFlag, Flag, FlagInputs
+from .columns import calibrated_flags, flag_columns
 from .combined import CombinedFlag
+from .registry import (
+    COMBINED_MEMBERS,
+    DEFAULT_FLAG,
+    FLAG_COSTS,
+    FLAGS,
+    ZERO_COST_FLAGS,
+    make_flag,
+)
 from .robust import (
     abstaining_metrics,
     as_label_tensor,
@@ -32,42 +46,6 @@ from .statistics import (
     MedianDistanceFlag,
     RoughnessFlag,
 )
-
-ZERO_COST_FLAGS: dict[str, type[BaseFlag]] = {
-    cls.name: cls
-    for cls in (
-        MedianDistanceFlag,
-        ExceedanceFlag,
-        FlatnessFlag,
-        MapEntropyFlag,
-        RoughnessFlag,
-        FeatureNormFlag,
-    )
-}
-FLAGS: dict[str, type[BaseFlag]] = {
-    **ZERO_COST_FLAGS,
-    StabilityFlag.name: StabilityFlag,
-    CombinedFlag.name: CombinedFlag,
-}
-FLAG_COSTS: dict[str, int] = {
-    **{name: 0 for name in ZERO_COST_FLAGS},
-    StabilityFlag.name: len(TRANSFORMS),
-    CombinedFlag.name: 0,
-}
-# The members of the default "combined" flag: every zero-cost flag (none picked by hand).
-COMBINED_MEMBERS = tuple(ZERO_COST_FLAGS)
-DEFAULT_FLAG = "median"
-
-
-def make_flag(name: str) -> BaseFlag:
-    """A fresh, unprepared flag by name; "combined" combines ``COMBINED_MEMBERS``."""
-    if name == CombinedFlag.name:
-        return CombinedFlag([ZERO_COST_FLAGS[m]() for m in COMBINED_MEMBERS])
-    try:
-        return FLAGS[name]()
-    except KeyError:
-        raise ValueError(f"unknown flag {name!r}; choose one of {', '.join(FLAGS)}") from None
-
 
 __all__ = [
     "COMBINED_MEMBERS",
@@ -88,10 +66,13 @@ __all__ = [
     "MedianDistanceFlag",
     "RoughnessFlag",
     "StabilityFlag",
+    "ZERO_COST_FLAGS",
     "abstaining_metrics",
+    "calibrated_flags",
     "as_label_tensor",
     "defender_perturbation",
     "fit_mixed_calibrator",
+    "flag_columns",
     "flag_aware_score_loss",
     "make_flag",
 ]
