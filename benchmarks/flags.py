@@ -78,8 +78,14 @@ def _patch_labels(masks: list[np.ndarray], res: int) -> torch.Tensor:
     return torch.stack([patch_mask(preprocess_mask(m, res)).float() for m in masks])
 
 
+def _names(args: argparse.Namespace, available: tuple[str, ...]) -> tuple[str, ...]:
+    if args.names:
+        return tuple(n for n in args.names if n in available)
+    return available[: args.categories]
+
+
 def synthetic_categories(args: argparse.Namespace, tmp: Path) -> list[Category]:
-    names = ("brick", "grass", "gravel")[: args.categories]
+    names = _names(args, ("brick", "grass", "gravel"))
     root = make_synthetic_dataset(
         tmp / "synthetic", names, max(args.shots), args.n_good, args.n_defect, 256, args.seed
     )
@@ -98,7 +104,7 @@ def synthetic_categories(args: argparse.Namespace, tmp: Path) -> list[Category]:
 
 def photo_categories(args: argparse.Namespace) -> list[Category]:
     out = []
-    for name in PHOTO_CATEGORIES[: args.categories]:
+    for name in _names(args, PHOTO_CATEGORIES):
         c = make_photo_category(name, max(args.shots), args.n_good, args.n_defect, 256, args.seed)
         test = torch.stack([preprocess(x, args.resolution) for x in c.test])
         train = [preprocess(x, args.resolution) for x in c.train]
@@ -163,7 +169,7 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
     def probe_objective_for(idx):
         return probe_objective(backbone, probe, lab_eval[idx])
 
-    conditions = [(a, e) for a in PROBE_ATTACKS + SCORE_ATTACKS for e in args.eps]
+    conditions = [(a, e) for a in args.attacks for e in args.eps]
     conditions += [(f"adaptive-{f}", e) for f in args.adaptive for e in args.eps]
     shared: dict[tuple[str, float], torch.Tensor] = {}  # probe attacks ignore the bank
     for a, e in conditions:
@@ -328,6 +334,7 @@ def main() -> None:
     p.add_argument("--data", nargs="+", default=["synthetic", "photos"],
                    choices=["synthetic", "photos"])  # fmt: skip
     p.add_argument("--categories", type=int, default=1, help="categories per data set (1-3)")
+    p.add_argument("--names", nargs="+", help="categories by name (instead of the first N)")
     p.add_argument("--n-good", type=int, default=6)
     p.add_argument("--n-defect", type=int, default=6)
     p.add_argument("--cal-fraction", type=float, default=0.34)
@@ -336,6 +343,8 @@ def main() -> None:
     p.add_argument("--pgd-steps", type=int, default=5)
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--flags", nargs="+", default=list(FLAGS), choices=list(FLAGS))
+    p.add_argument("--attacks", nargs="*", default=list(PROBE_ATTACKS + SCORE_ATTACKS),
+                   choices=list(PROBE_ATTACKS + SCORE_ATTACKS))  # fmt: skip
     p.add_argument("--adaptive", nargs="*", default=["combined"],
                    help="flags attacked by an adaptive score-PGD")  # fmt: skip
     p.add_argument("--lam", type=float, default=1.0, help="adaptive attacker's flag weight")

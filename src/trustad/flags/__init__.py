@@ -41,10 +41,7 @@ from .stability import TRANSFORMS, StabilityFlag
 from .statistics import (
     ExceedanceFlag,
     FeatureNormFlag,
-    FlatnessFlag,
-    MapEntropyFlag,
     MedianDistanceFlag,
-    RoughnessFlag,
 )
 
 __all__ = [
@@ -61,10 +58,7 @@ __all__ = [
     "FeatureNormFlag",
     "Flag",
     "FlagInputs",
-    "FlatnessFlag",
-    "MapEntropyFlag",
     "MedianDistanceFlag",
-    "RoughnessFlag",
     "StabilityFlag",
     "ZERO_COST_FLAGS",
     "abstaining_metrics",

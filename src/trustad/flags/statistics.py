@@ -4,6 +4,10 @@ Map statistics read the patch-distance grid as a whole, not only its top 1% (whi
 the image score sees): an attack that perturbs every pixel tends to move every patch's
 distance to the memory bank, while a real defect moves a few. Feature statistics compare
 patch-feature norms with those of clean calibration images.
+
+Statistics of the map's shape alone (top-1% over median, spatial entropy, roughness between
+neighbouring patches) were measured too and left out: near chance, or on different sides of
+chance on different data (benchmarks/results/flags.md).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..detector import image_scores
 from .base import BaseFlag, FlagInputs
 
 # Patches of the clean calibration images above this quantile count as "beyond the normal
@@ -54,43 +57,6 @@ class ExceedanceFlag(BaseFlag):
 
     def surrogate(self, inputs: FlagInputs) -> Tensor:
         return torch.sigmoid((_flat(inputs.distances) - self.limit_) / self.width_).mean(dim=1)
-
-
-class FlatnessFlag(BaseFlag):
-    """Median over the mean of the top 1% of patch distances: near 1 when the whole map is
-    lit, small when a few patches stand out (a defect on a normal background)."""
-
-    name = "flatness"
-
-    def compute(self, inputs: FlagInputs) -> Tensor:
-        d = _flat(inputs.distances)
-        return d.median(dim=1).values / (image_scores(inputs.distances) + _TINY)
-
-
-class MapEntropyFlag(BaseFlag):
-    """Spatial entropy of the map read as a distribution over patches, divided by ln N:
-    1 for a uniform map."""
-
-    name = "map_entropy"
-
-    def compute(self, inputs: FlagInputs) -> Tensor:
-        d = _flat(inputs.distances).clamp(min=0.0)
-        p = d / (d.sum(dim=1, keepdim=True) + _TINY)
-        h = -(p * torch.log(p + _TINY)).sum(dim=1)
-        return h / torch.log(torch.tensor(float(d.shape[1])))
-
-
-class RoughnessFlag(BaseFlag):
-    """Spatial irregularity: mean absolute difference between neighbouring patches'
-    distances, over the mean distance."""
-
-    name = "roughness"
-
-    def compute(self, inputs: FlagInputs) -> Tensor:
-        d = inputs.distances
-        dx = (d[:, :, 1:] - d[:, :, :-1]).abs().flatten(1).mean(dim=1)
-        dy = (d[:, 1:, :] - d[:, :-1, :]).abs().flatten(1).mean(dim=1)
-        return (dx + dy) / (2 * _flat(d).mean(dim=1) + _TINY)
 
 
 class FeatureNormFlag(BaseFlag):
