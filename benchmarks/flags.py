@@ -8,7 +8,8 @@ thresholds and the calibrators see) and an evaluation split. Every evaluation im
 attacked (noise, probe fgsm/pgd, score-fgsm/pgd, and an adaptive score-PGD that also
 minimises a flag's statistic) at each eps; each flag's AUROC separates clean from attacked
 evaluation images, and its TPR is the share of attacked images above the threshold set on
-the clean calibration images for --flag-rate false flags (the realised clean false-flag
+the clean calibration images (plus --flag-normals spare normal training images, never in
+the memory bank) for --flag-rate false flags (the realised clean false-flag
 rate on the evaluation images is printed too). Then ECE on attacked inputs at the largest
 eps per calibrator: fitted on clean calibration scores, on clean + the defender's own
 score-FGSM scores ("mixed"), and abstaining where the --abstain-flag fires.
@@ -87,7 +88,13 @@ def _names(args: argparse.Namespace, available: tuple[str, ...]) -> tuple[str, .
 def synthetic_categories(args: argparse.Namespace, tmp: Path) -> list[Category]:
     names = _names(args, ("brick", "grass", "gravel"))
     root = make_synthetic_dataset(
-        tmp / "synthetic", names, max(args.shots), args.n_good, args.n_defect, 256, args.seed
+        tmp / "synthetic",
+        names,
+        max(args.shots) + args.flag_normals,
+        args.n_good,
+        args.n_defect,
+        256,
+        args.seed,
     )
     out = []
     for name in names:
@@ -105,7 +112,9 @@ def synthetic_categories(args: argparse.Namespace, tmp: Path) -> list[Category]:
 def photo_categories(args: argparse.Namespace) -> list[Category]:
     out = []
     for name in _names(args, PHOTO_CATEGORIES):
-        c = make_photo_category(name, max(args.shots), args.n_good, args.n_defect, 256, args.seed)
+        c = make_photo_category(
+            name, max(args.shots) + args.flag_normals, args.n_good, args.n_defect, 256, args.seed
+        )
         test = torch.stack([preprocess(x, args.resolution) for x in c.test])
         train = [preprocess(x, args.resolution) for x in c.train]
         out.append(
@@ -185,6 +194,15 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
         dist_all = torch.stack(det.distances_from_features(list(feats)))
         s_all = scores_of(det, dist_all)
         clean_cal = FlagInputs(dist_all[cal_idx], feats[cal_idx], c.test[cal_idx])
+        if args.flag_normals:  # spare normal images (never in the bank) join the flags' data
+            spare = c.train[max(args.shots) :]
+            f_sp = torch.stack(extract_features(backbone, spare, args.batch))
+            d_sp = torch.stack(det.distances_from_features(list(f_sp)))
+            clean_cal = FlagInputs(
+                torch.cat([clean_cal.distances, d_sp]),
+                torch.cat([clean_cal.features, f_sp]),
+                torch.cat([clean_cal.images, torch.stack(spare)]),
+            )
         flags = {n: make_flag(n).calibrate(det, clean_cal, args.flag_rate) for n in args.flags}
         clean_eval = FlagInputs(dist_all[eval_idx], feats[eval_idx], x_eval)
         clean_stats = {n: f.statistic(clean_eval) for n, f in flags.items()}
@@ -349,6 +367,8 @@ def main() -> None:
                    help="flags attacked by an adaptive score-PGD")  # fmt: skip
     p.add_argument("--lam", type=float, default=1.0, help="adaptive attacker's flag weight")
     p.add_argument("--abstain", nargs="*", default=["combined"], help="flags to abstain on")
+    p.add_argument("--flag-normals", type=int, default=0,
+                   help="spare normal training images added to the flags' calibration data")  # fmt: skip
     p.add_argument("--flag-rate", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
