@@ -224,3 +224,15 @@ def test_flag_columns_for_the_runner():
     assert set(cols) == {f"flag_{m}_{n}" for m in ("auroc", "tpr", "ffr") for n in flags}
     assert cols["flag_auroc_median"] == 1.0 and cols["flag_tpr_exceed"] == 1.0
     assert cols["flag_ffr_median"] == 0.0
+
+
+def test_flags_follow_a_masking_detector(detector):
+    """With test-time masking the flags read the masked grids the detector scores."""
+    masked = AnomalyDINO(detector.backbone, rotate=False, mask_test=True)
+    masked.memory_bank_ = detector.memory_bank_
+    gen = torch.Generator().manual_seed(4)
+    x = F.interpolate(torch.rand(3, 3, 3, 3, generator=gen), size=(56, 56), mode="bilinear")
+    inputs = _inputs(masked, x)
+    for name in ("stability", "median", "feature_norm"):
+        values = make_flag(name).calibrate(masked, inputs, 0.0).statistic(inputs)
+        assert values.shape == (3,) and np.isfinite(values).all()
