@@ -69,7 +69,10 @@ class FlagInputs:
     def subset(self, index: ArrayLike) -> FlagInputs:
         """The images at ``index`` (integer indices or a boolean mask)."""
         idx = torch.as_tensor(np.asarray(index))
-        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx.to(t.device)]
+
         return FlagInputs(pick(self.distances), pick(self.features), pick(self.images))
 
 
