@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,6 +31,7 @@ from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
+from .flagging import UnitFlags
 from .progress import Progress
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -139,6 +139,7 @@ class Evaluation:
             return
         st = load_state(data, self.runtime, self.log, self._skip)
         st.model = self._model(category)
+        st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
         det = st.model.detector
         pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -235,16 +236,29 @@ class Evaluation:
         self._fit(det, st, unit.shots, unit.seed)
         dists = det.distances_from_features(features, foreground)
         scores = det.scores_from_distances(dists)
+        key = (unit.shots, unit.seed)
         if attacked is None:
-            st.clean_scores[unit.shots, unit.seed] = scores
-        clean = self._clean_scores(st, det, unit.shots, unit.seed)
+            st.clean_distances[key] = dists
+        clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
+        clean = det.scores_from_distances(clean_dists)
         notes = list(st.notes)
-        attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
-        if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
-            notes.append(IMAGE_LABEL_PROBE)
+        flag_cols = {}
+        if attacked is not None:
+            attack = self.s.attack(unit.condition, unit.eps)
+            if attack.needs_objective and not attack.targets_score and st.masks is None:
+                notes.append(IMAGE_LABEL_PROBE)
+            flag_cols = st.flags.columns(
+                key,
+                det,
+                split,
+                (clean_dists, st.clean_features, st.images),
+                (dists, features, attacked),
+                notes,
+            )
         row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
+        row.update(flag_cols)
         if self.s.pixel_metrics and st.masks is not None:
             row.update(self._pixel_columns(st, dists))
         if attacked is not None:
@@ -280,15 +294,17 @@ class Evaluation:
             "aupro": float(aupro_torch(st.pixel_targets, maps)),
         }
 
-    def _clean_scores(
+    def _clean_distances(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
-    ) -> np.ndarray:
-        """Clean scores at (shots, seed); ``det`` must be fitted for them. Kept in memory
-        for the category; computed from the clean features when a resumed run needs them."""
-        if (shots, seed) not in st.clean_scores:
-            dists = det.distances_from_features(st.clean_features, st.clean_foreground)
-            st.clean_scores[shots, seed] = det.scores_from_distances(dists)
-        return st.clean_scores[shots, seed]
+    ) -> list[Tensor]:
+        """Clean patch distances at (shots, seed); ``det`` must be fitted for them. Kept in
+        memory for the category; computed from the clean features when a resumed run
+        needs them."""
+        if (shots, seed) not in st.clean_distances:
+            st.clean_distances[shots, seed] = det.distances_from_features(
+                st.clean_features, st.clean_foreground
+            )
+        return st.clean_distances[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
     def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .. import calibration as cal
 
-DEFAULT_FALSE_FLAG_RATE = 0.05
+DEFAULT_FALSE_FLAG_RATE = cal.DEFAULT_FLAG_RATE
 INPUT_KINDS = ("distances", "features", "images")
 
 
