@@ -10,10 +10,12 @@ the bank and are computed per shots and seed. Rows come from ``rows``, persisten
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,8 @@ from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
 from .examples import save_examples
-from .progress import Progress
+from .plan import Group, gradient_steps, make_plan, pending_groups, rotates_support
+from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
     CalibrationOptions,
@@ -40,9 +43,11 @@ from .rows import (
     pixel_columns,
     result_row,
     score_rows,
+    share_seconds,
+    timing_columns,
 )
 from .settings import CLEAN, EvaluationSettings
-from .store import ResultStore
+from .store import TIMING_COLUMNS, ResultStore
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
@@ -77,7 +82,7 @@ class Evaluation:
         settings: EvaluationSettings,
         backbone: torch.nn.Module,
         out: str | Path,
-        progress: bool = True,
+        progress: bool | Progress = True,
     ) -> None:
         self.s = settings
         self.runtime = BackboneRuntime(
@@ -87,11 +92,18 @@ class Evaluation:
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
         )
+        self.log = progress if isinstance(progress, Progress) else Progress(progress)
+        self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)
         source = getattr(backbone, "weights_source", None)  # set by load_backbone
         if source is not None:
+            self.log.debug("weights: " + json.dumps(source.to_dict(), default=str))
             self.store.record_weights(source.to_dict())
-        self.log = Progress(progress)
+        self.clock = Stopwatch()
+        self.failures: dict[str, str] = {}
+        self.skipped: list[str] = []  # units that cannot be done, with why
+        self.computed = 0  # units computed by this run
+        self.already_done = 0  # units found done in the output folder
         self.calibration_options = CalibrationOptions(
             {name: settings.calibrator_options(name) for name in ("platt",)},
             settings.flag_rate,
@@ -107,45 +119,38 @@ class Evaluation:
         s = self.s
         categories = list_categories(s.dataset, s.root, s.categories)
         t0 = time.time()
-        self.failures: dict[str, str] = {}
-        for category in categories:
-            # A broken category (unreadable image, bad mask) must not cost the others.
-            try:
-                self._run_category(category)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                self.failures[category] = str(exc)
-                self.log(f"[{category}] failed, skipped: {exc}")
+        plan = make_plan(s, self._is_done)
+        self.already_done = sum(c.done for c in plan.categories)
+        self.log(
+            f"{len(plan.pending)} units to do, {self.already_done} already done; "
+            f"{plan.forward} backbone passes and {plan.gradient} gradient passes planned"
+        )
+        with self.log.bar("units", len(plan.pending), "unit") as self.units_bar:
+            for category in categories:
+                # A broken category (unreadable image, bad mask) must not cost the others.
+                try:
+                    self._run_category(category)
+                except (ValueError, FileNotFoundError, OSError) as exc:
+                    self.failures[category] = str(exc)
+                    self.log.logger.warning(f"[{category}] failed, skipped: {exc}")
         self.log(
             f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes "
             "without gradient"
         )
         return self.store.rows
 
+    def _is_done(self, unit: Unit) -> bool:
+        return self.store.done(*astuple(unit))
+
     # -- planning -----------------------------------------------------------------------
-    def _pending(self, data: CategoryData) -> list[tuple[int, str, float, list[int]]]:
+    def _pending(self, data: CategoryData) -> list[Group]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
-        possible = {}
-        for seed in range(self.s.seeds):
-            for k in self.s.shots:
-                try:
-                    select_support(data.train, k, seed)
-                    possible[seed, k] = True
-                except ValueError as exc:
-                    possible[seed, k] = False
-                    self.log(f"[{data.category}] skipped {k} shots, seed {seed}: {exc}")
-        out = []
-        for seed in range(self.s.seeds):
-            for cond, eps in self.s.conditions():
-                shots = [
-                    k
-                    for k in self.s.shots
-                    if possible[seed, k]
-                    and not self.store.done(self.s.dataset, data.category, k, seed, cond, eps)
-                ]
-                if shots:
-                    out.append((seed, cond, eps, shots))
-        return out
+        groups, skipped = pending_groups(self.s, data, self._is_done)
+        for message in skipped:
+            self.log.logger.warning(f"skipped {message}")
+        self.skipped += skipped
+        return groups
 
     # -- per category -------------------------------------------------------------------
     def _run_category(self, category: str) -> None:
@@ -154,30 +159,48 @@ class Evaluation:
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return
-        st = self._load(data)
+        self.clock.take()
+        with self.clock("features"):
+            st = self._load(data)
         det = self._detector(category)
         st.clean_features = self._features(st, st.images, "clean features")
-        st.clean_foreground = det.foreground(st.clean_features)
+        with self.clock("features"):
+            st.clean_foreground = det.foreground(st.clean_features)
+        # Work shared by several units is shared out evenly among them.
+        shared = share_seconds(self.clock.take(), sum(len(g.shots) for g in pending))
+        self.shot_seconds: dict[int, dict[str, float]] = {}
         for seed, cond, eps, shots in pending:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
                 per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
+            group = share_seconds(self.clock.take(), len(shots))
             results, scores = [], []
             for k in shots:
                 unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                t0 = time.perf_counter()
                 row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
+                own = self.clock.take()
+                own["metrics"] = time.perf_counter() - t0 - sum(own.values())
+                seconds = [shared, group, self.shot_seconds.pop(k, {}), own]
+                row.update(timing_columns(seconds))
+                self.log.debug(
+                    f"[{category}] unit shots={k} seed={seed} {cond} eps={eps:.6g}: "
+                    + ", ".join(f"{c} {row[c]:.2f}" for c in TIMING_COLUMNS)
+                )
                 results.append(row)
                 scores.extend(unit_scores)
             self.store.add(results, scores)
+            self.computed += len(results)
+            self.units_bar.update(len(results))
 
     def _detector(self, category: str) -> AnomalyDINO:
         """The detector for a category: the table's defaults unless the settings override."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
         return AnomalyDINO(
             self.runtime,
-            rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
+            rotate=rotates_support(self.s, category),
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
@@ -190,10 +213,11 @@ class Evaluation:
             f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
         )
         images, sizes = [], []
-        for i, sample in enumerate(data.test):
-            self.log(f"[{category}] preprocessing", i, len(data.test))
-            images.extend(self.runtime.preprocess([sample.path])[0])
-            sizes.append(image_size(sample.path))
+        with self.log.bar(f"[{category}] reading test images", len(data.test)) as bar:
+            for sample in data.test:
+                images.extend(self.runtime.preprocess([sample.path])[0])
+                sizes.append(image_size(sample.path))
+                bar.update()
         labels = np.array([s.label for s in data.test])
         masks = None
         if data.has_masks:
@@ -202,20 +226,21 @@ class Evaluation:
 
     def _features(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
         out: list[Tensor] = []
-        for start, batch in batches(images, self.s.batch_size):
-            self.log(f"[{st.category}] {what}", start, len(images))
-            out.extend(self.runtime.features(list(batch)))
-        self.log(f"[{st.category}] {what}", len(out), len(images))
+        with self.clock("features"), self.log.bar(f"[{st.category}] {what}", len(images)) as bar:
+            for _, batch in batches(images, self.s.batch_size):
+                out.extend(self.runtime.features(list(batch)))
+                bar.update(len(batch))
         return out
 
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
         paths = select_support(st.data.train, shots, seed)
         missing = [p for p in paths if p not in st.support_features]
-        for i, path in enumerate(missing):
-            self.log(f"[{st.category}] support features", i, len(missing))
-            st.support_features[path] = self.runtime.features(det.support_views(path))
         if missing:
-            self.log(f"[{st.category}] support features", len(missing), len(missing))
+            desc = f"[{st.category}] support features"
+            with self.clock("features"), self.log.bar(desc, len(missing)) as bar:
+                for path in missing:
+                    st.support_features[path] = self.runtime.features(det.support_views(path))
+                    bar.update()
         det.fit_features([f for p in paths for f in st.support_features[p]])
 
     # -- one unit -----------------------------------------------------------------------
@@ -242,8 +267,14 @@ class Evaluation:
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         if self.s.pixel_metrics and st.masks is not None:
-            maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
-            row.update(pixel_columns(st.masks, maps))
+            desc = f"[{st.category}] pixel metrics"
+            with self.log.bar(desc, len(dists) + 1, "step") as bar:
+                maps = []
+                for d, size in zip(dists, st.sizes):
+                    maps.append(anomaly_map(d, size))
+                    bar.update()
+                row.update(pixel_columns(st.masks, maps))
+                bar.update()
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
@@ -301,12 +332,17 @@ class Evaluation:
             )
             targets = torch.cat([labels[i].reshape(-1) for i in train])
             device = self.runtime.device
-            probe, history = train_probe(
-                feats[None, None].to(device), targets[None, None].to(device), settings
-            )
+            desc = f"[{st.category}] probe seed {seed}"
+            with self.clock("attack"), self.log.bar(desc, settings.steps, "step") as bar:
+                probe, history = train_probe(
+                    feats[None, None].to(device),
+                    targets[None, None].to(device),
+                    settings,
+                    on_step=bar.update,
+                )
             st.probes[seed] = probe
             if st.masks is None:
-                self.log(f"[{st.category}] {IMAGE_LABEL_PROBE}")
+                self.log.debug(f"[{st.category}] {IMAGE_LABEL_PROBE}")
             self.log(
                 f"[{st.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
             )
@@ -324,18 +360,22 @@ class Evaluation:
         gen = torch.Generator(device=device)
         gen.manual_seed(zlib.crc32(f"{st.category}/{attack.name}/{attack.eps}/{seed}".encode()))
         what = f"[{st.category}] {attack.name} eps={attack.eps:.4g} seed {seed}"
+        steps = max(gradient_steps(attack), 1)  # PGD: one bar step per image and PGD step
         out: list[Tensor] = []
-        for start, batch in batches(st.images, self.s.batch_size):
-            self.log(what, start, len(st.images))
-            adv = run_attack(
-                batch.to(device),
-                attack,
-                objective=objective_for(list(range(start, start + len(batch)))),
-                generator=gen,
-                autocast=self.runtime.gradients_bf16,
-            )
-            out.extend(adv.detach().cpu())
-        self.log(what, len(out), len(out))
+        unit = "img-step" if steps > 1 else "img"
+        with self.clock("attack"), self.log.bar(what, steps * len(st.images), unit) as bar:
+            for start, batch in batches(st.images, self.s.batch_size):
+                adv = run_attack(
+                    batch.to(device),
+                    attack,
+                    objective=objective_for(list(range(start, start + len(batch)))),
+                    generator=gen,
+                    autocast=self.runtime.gradients_bf16,
+                    on_step=functools.partial(bar.update, len(batch)) if steps > 1 else None,
+                )
+                if steps == 1:
+                    bar.update(len(batch))
+                out.extend(adv.detach().cpu())
         return out
 
     def _adversarial(
@@ -350,7 +390,7 @@ class Evaluation:
     ) -> dict[int, Scored]:
         attack = self.s.attack(cond, eps)
         if attack.targets_score:
-            self.log(
+            self.log.debug(
                 f"[{st.category}] {cond} depends on the memory bank: computed per shots and seed"
             )
             labels = torch.as_tensor(st.labels, dtype=torch.float32)
@@ -364,6 +404,7 @@ class Evaluation:
                 adv = self._attack_images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)
+                self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:
