@@ -207,13 +207,14 @@ def make_plan(settings: EvaluationSettings, is_done: Callable[[Unit], bool]) -> 
 
 def time_backbone(runtime: BackboneRuntime, batch: int) -> BackboneTiming:
     """Seconds per image of a forward batch and of a forward+backward batch of ``batch``
-    random square images at the runtime's resolution, after one warm-up pass."""
+    random square images at the runtime's resolution, after a warm-up batch (first calls
+    of a shape allocate and pick kernels)."""
     res = runtime.resolution
     device = runtime.device
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, res, res, generator=gen)
     seen = runtime.images_seen
-    runtime.features([x[0]])
+    runtime.features(list(x))
     t0 = time.perf_counter()
     runtime.features(list(x))
     forward = (time.perf_counter() - t0) / batch
