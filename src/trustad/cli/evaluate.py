@@ -124,7 +124,7 @@ def show_plan(settings: run_settings.EvaluationSettings, out: str | Path, device
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
         )
-        timing = time_backbone(runtime, min(settings.batch_size, 2))
+        timing = time_backbone(runtime, min(settings.batch_size, 4))
     print(f"plan for {out}:")
     print(plan.text(timing))
 

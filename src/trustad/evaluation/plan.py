@@ -9,6 +9,7 @@ of noise/fgsm/pgd once per (seed, eps) and of score attacks once per (shots, see
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
@@ -205,23 +206,35 @@ def make_plan(settings: EvaluationSettings, is_done: Callable[[Unit], bool]) -> 
     return plan
 
 
-def time_backbone(runtime: BackboneRuntime, batch: int) -> BackboneTiming:
+def _median_seconds(fn: Callable[[], object], least: float) -> float:
+    """Median time of ``fn``: at least 2 calls, more (up to 5) until ``least`` seconds have
+    passed; one call alone is at the mercy of a busy machine."""
+    times: list[float] = []
+    while len(times) < 2 or (sum(times) < least and len(times) < 5):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_backbone(runtime: BackboneRuntime, batch: int, least: float = 2.0) -> BackboneTiming:
     """Seconds per image of a forward batch and of a forward+backward batch of ``batch``
-    random square images at the runtime's resolution, after a warm-up batch (first calls
-    of a shape allocate and pick kernels)."""
+    random square images at the runtime's resolution (medians, see ``_median_seconds``),
+    after a warm-up batch (first calls of a shape allocate and pick kernels)."""
     res = runtime.resolution
     device = runtime.device
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, res, res, generator=gen)
+    images = list(torch.rand(batch, 3, res, res, generator=gen))
     seen = runtime.images_seen
-    runtime.features(list(x))
-    t0 = time.perf_counter()
-    runtime.features(list(x))
-    forward = (time.perf_counter() - t0) / batch
+    runtime.features(images)
+    forward = _median_seconds(lambda: runtime.features(images), least) / batch
     runtime.images_seen = seen  # a timing is not a pass of the run
-    xg = x.to(device).requires_grad_(True)
-    t0 = time.perf_counter()
-    with torch.enable_grad():
-        runtime.patch_features(xg).sum().backward()
-    gradient = (time.perf_counter() - t0) / batch
+    x = torch.stack(images).to(device)
+
+    def forward_backward() -> None:
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            runtime.patch_features(xg).sum().backward()
+
+    gradient = _median_seconds(forward_backward, least) / batch
     return BackboneTiming(forward, gradient, batch, str(device))
