@@ -113,7 +113,7 @@ def test_plan_of_a_partly_finished_run_lists_exactly_the_missing_units(
     assert listed == expected
     assert "2 categories; units: 12 to do, 4 done, 8 cannot be done" in text
     assert "cannot be done: brick, 8 shots, seed 0" in text
-    assert re.search(r"estimated time: .+ of backbone work", text)
+    assert re.search(r"estimated time: .+ for the backbone and the search", text)
 
 
 @pytest.mark.parametrize("attacks", [["fgsm", "score-pgd"], ["noise", "pgd"]])
@@ -168,5 +168,6 @@ def test_rows_written_before_the_timing_columns_still_resume(dataset, tmp_path):
 def test_backbone_timing_does_not_count_as_passes():
     runtime = BackboneRuntime(make_tiny_vit(), resolution=56, batch_size=2)
     timing = time_backbone(runtime, 2)
-    assert timing.forward > 0 and timing.gradient > 0 and timing.batch == 2
+    assert timing.forward > 0 and timing.gradient > 0 and timing.search > 0
+    assert timing.batch == 2
     assert runtime.images_seen == 0

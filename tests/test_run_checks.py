@@ -100,3 +100,17 @@ def test_cuda_on_a_machine_without_it(tmp_path, capsys, no_backbone):
     assert main(_evaluate(out, "--device", "cuda")) == 2
     assert "no CUDA device" in _one_line_error(capsys)
     assert not out.exists()  # nothing written: no run.json, no run.log
+
+
+def test_traceback_without_a_run_log_goes_to_a_temporary_file():
+    from trustad.evaluation.runlog import crash_log
+
+    try:
+        raise KeyError("internal")
+    except KeyError as exc:
+        path = crash_log(exc)
+    try:
+        text = path.read_text()
+        assert "Traceback" in text and "KeyError: 'internal'" in text
+    finally:
+        path.unlink()

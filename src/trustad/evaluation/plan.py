@@ -28,6 +28,9 @@ from .runlog import format_seconds
 from .settings import CLEAN, EvaluationSettings
 from .store import unit_key
 
+SEARCH_BANK_IMAGES = 8  # support images in the bank the search is timed on
+SEARCH_BACKWARD = 3  # a score attack's step searches forward and back: about 3 searches
+
 
 class Group(NamedTuple):
     """Units of one category that share their attacked features: one seed, condition and
@@ -90,6 +93,7 @@ class CategoryPlan:
     done: int  # units found done
     forward: int = 0  # images through the backbone without gradient
     gradient: int = 0  # image forward+backward passes (attack steps)
+    search: int = 0  # (test image, support view) pairs of the nearest-neighbour search
 
     def units(self, dataset: str) -> list[Unit]:
         return [
@@ -114,12 +118,15 @@ def category_plan(
     support = {p for g in groups for k in g.shots for p in select_support(data.train, k, g.seed)}
     plan.forward = n + views * len(support)
     for g in groups:
+        plan.search += n * views * sum(g.shots)  # every unit scores its test images
         if g.condition == CLEAN:
             continue
         attack = settings.attack(g.condition, g.eps)
         copies = len(g.shots) if attack.targets_score else 1
         plan.forward += copies * n
         plan.gradient += copies * n * gradient_steps(attack)
+        if attack.targets_score:  # each step searches the bank, forward and backward
+            plan.search += SEARCH_BACKWARD * n * views * sum(g.shots) * gradient_steps(attack)
     return plan
 
 
@@ -127,6 +134,7 @@ def category_plan(
 class BackboneTiming:
     forward: float  # seconds per image, no gradient
     gradient: float  # seconds per image, forward and backward
+    search: float  # seconds per (test image, support image) pair of nearest-neighbour search
     batch: int
     device: str
 
@@ -149,9 +157,17 @@ class Plan:
     def gradient(self) -> int:
         return sum(c.gradient for c in self.categories)
 
+    @property
+    def search(self) -> int:
+        return sum(c.search for c in self.categories)
+
     def estimate(self, timing: BackboneTiming) -> float:
-        """Seconds of backbone work (the bulk of a run)."""
-        return self.forward * timing.forward + self.gradient * timing.gradient
+        """Seconds of backbone work and nearest-neighbour search (the bulk of a run)."""
+        return (
+            self.forward * timing.forward
+            + self.gradient * timing.gradient
+            + self.search * timing.search
+        )
 
     def text(self, timing: BackboneTiming | None = None) -> str:
         s = self.settings
@@ -173,17 +189,18 @@ class Plan:
         lines += [f"  category failed: {c}: {m}" for c, m in self.failed.items()]
         lines.append(
             f"backbone passes: {self.forward} images without gradient, {self.gradient} image "
-            "forward+backward passes (attack steps)"
+            f"forward+backward passes (attack steps); nearest-neighbour search: {self.search} "
+            "test-support image pairs"
         )
         if timing is not None:
             lines.append(
                 f"timing on {timing.device} at {s.resolution} px (batch of {timing.batch}): "
                 f"{timing.forward:.3g} s per image forward, {timing.gradient:.3g} s per image "
-                "forward+backward"
+                f"forward+backward, {timing.search:.3g} s per image pair searched"
             )
             lines.append(
-                f"estimated time: {format_seconds(self.estimate(timing))} of backbone work "
-                "(reading images, the memory-bank search and metrics come on top)"
+                f"estimated time: {format_seconds(self.estimate(timing))} for the backbone and "
+                "the search (reading images, calibration and pixel metrics come on top)"
             )
         return "\n".join(lines)
 
@@ -226,7 +243,7 @@ def time_backbone(runtime: BackboneRuntime, batch: int, least: float = 2.0) -> B
     gen = torch.Generator().manual_seed(0)
     images = list(torch.rand(batch, 3, res, res, generator=gen))
     seen = runtime.images_seen
-    runtime.features(images)
+    feats = runtime.features(images)
     forward = _median_seconds(lambda: runtime.features(images), least) / batch
     runtime.images_seen = seen  # a timing is not a pass of the run
     x = torch.stack(images).to(device)
@@ -237,4 +254,9 @@ def time_backbone(runtime: BackboneRuntime, batch: int, least: float = 2.0) -> B
             runtime.patch_features(xg).sum().backward()
 
     gradient = _median_seconds(forward_backward, least) / batch
-    return BackboneTiming(forward, gradient, batch, str(device))
+    # The search is a (query patches x bank patches) product and a maximum per row.
+    query = feats[0].reshape(-1, feats[0].shape[-1]).to(device)
+    bank = torch.rand(SEARCH_BANK_IMAGES * len(query), query.shape[1], generator=gen)
+    bank = bank.to(device)
+    pair = _median_seconds(lambda: (query @ bank.T).argmax(dim=1).cpu(), least / 4)
+    return BackboneTiming(forward, gradient, pair / SEARCH_BANK_IMAGES, batch, str(device))
