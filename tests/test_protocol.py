@@ -179,7 +179,8 @@ def test_bad_settings_are_rejected(dataset):
         _settings(dataset, resolution=50)
 
 
-def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
+def test_an_unreadable_image_is_left_out_and_said(dataset, tmp_path):
+    import json
     import shutil
 
     root = tmp_path / "data"
@@ -189,9 +190,43 @@ def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
     settings = _settings(root, seeds=1, shots=[1])
     run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
     rows = run.run()
+    gravel = next(r for r in rows if r["category"] == "gravel")
+    assert gravel["n_images"] == 9
+    assert "1 unreadable test image(s) left out" in gravel["note"]
+    assert run.failures == {}
+    assert len(run.skipped) == 1 and str(broken) in run.skipped[0]
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())["skipped"]
+    assert recorded == run.skipped
+
+
+def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    for image in (root / "gravel" / "test").rglob("*.png"):
+        image.write_bytes(b"not a png")
+    settings = _settings(root, seeds=1, shots=[1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    rows = run.run()
     assert {r["category"] for r in rows} == {"brick"}
     assert list(run.failures) == ["gravel"]
-    assert str(broken) in run.failures["gravel"]
+    assert "none of its 10 test images is readable" in run.failures["gravel"]
+
+
+def test_a_missing_mask_costs_only_that_image_its_pixel_metrics(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    masks = sorted((root / "brick" / "ground_truth").rglob("*.png"))
+    masks[0].unlink()
+    settings = _settings(root, categories=["brick"], seeds=1, shots=[1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    row = run.run()[0]
+    assert row["pixel_auroc"] == row["pixel_auroc"]  # a number, not NaN
+    assert "pixel metrics without 1 anomalous image(s)" in row["note"]
+    assert len(run.skipped) == 1 and "no mask file" in run.skipped[0]
 
 
 def test_without_masks_the_probe_uses_image_labels(dataset, tmp_path):

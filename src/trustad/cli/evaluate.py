@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..evaluation import Evaluation
 from ..evaluation import settings as run_settings
 
 if TYPE_CHECKING:
@@ -48,13 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def execute(
     settings: run_settings.EvaluationSettings, out: str | Path, device: str, quiet: bool
-) -> list[dict]:
+) -> Evaluation:
     """Check the output folder and the device, load the backbone, run the grid, write the
-    report, print the summary. Everything shown is also written to ``out``/run.log."""
+    report, print the tables and the closing summary. Everything shown is also written to
+    ``out``/run.log."""
     import time
 
     from ..backbone.runtime import resolve_device
-    from ..evaluation import Evaluation
     from ..evaluation.progress import LOGGER, Progress
     from ..evaluation.runlog import RunSummary, always, check_output_folder, run_logging
     from ..report import summary, write_figures, write_report
@@ -82,15 +83,19 @@ def execute(
         if figures:
             print("figures: " + ", ".join(str(f) for f in figures))
         closing = RunSummary(
-            run.computed, run.already_done, run.skipped, run.failures, time.time() - t0
+            run.computed,
+            run.already_done,
+            [*run.impossible, *run.skipped],
+            run.failures,
+            time.time() - t0,
         )
-        always(closing.text(), quiet)
-        if run.failures:
-            raise RuntimeError(
-                f"{len(run.failures)} categories failed (the others are saved): "
-                + ", ".join(run.failures)
-            )
-    return rows
+        always(closing.text(), quiet)  # never hidden by --quiet
+    return run
+
+
+def left_out(run: Evaluation) -> int:
+    """1 when the run left out files or categories (listed in the closing summary)."""
+    return 1 if run.failures or run.skipped else 0
 
 
 def _load_backbone(settings: run_settings.EvaluationSettings, device: torch.device) -> Any:
@@ -134,8 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plan:
         show_plan(settings, args.out, args.device)
         return 0
-    execute(settings, args.out, args.device, args.quiet)
-    return 0
+    return left_out(execute(settings, args.out, args.device, args.quiet))
 
 
 def run_report(args: argparse.Namespace) -> int:

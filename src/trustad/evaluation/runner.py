@@ -15,7 +15,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,16 @@ import torch
 from torch import Tensor
 
 from ..attacks import AttackSettings, probe_objective, run_attack, score_loss, train_probe
-from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime, batches
-from ..data import CategoryData, image_size, list_categories, load_category, load_mask
+from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
-from ..detector import AnomalyDINO, anomaly_map
+from ..detector import AnomalyDINO
+from ..images import ImageReadError
+from ..maps import anomaly_maps_grouped
+from ..model import FittedDetector
+from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
+from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .plan import Group, gradient_steps, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
@@ -51,27 +55,6 @@ from .store import TIMING_COLUMNS, ResultStore
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
-
-
-@dataclass
-class CategoryState:
-    """What is computed once per category and shared by every unit of work."""
-
-    data: CategoryData
-    images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
-    sizes: list[tuple[int, int]]  # original (width, height)
-    labels: np.ndarray
-    masks: list[np.ndarray] | None  # ground-truth masks at the original size
-    clean_features: list[Tensor] = field(default_factory=list)
-    clean_foreground: list[Tensor] | None = None
-    clean_scores: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
-    probe_labels: list[Tensor] | None = None
-    probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-
-    @property
-    def category(self) -> str:
-        return self.data.category
 
 
 class Evaluation:
@@ -101,7 +84,8 @@ class Evaluation:
             self.store.record_weights(source.to_dict())
         self.clock = Stopwatch()
         self.failures: dict[str, str] = {}
-        self.skipped: list[str] = []  # units that cannot be done, with why
+        self.skipped: list[str] = []  # files and units left out, with the reason
+        self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
         self.computed = 0  # units computed by this run
         self.already_done = 0  # units found done in the output folder
         self.calibration_options = CalibrationOptions(
@@ -149,7 +133,7 @@ class Evaluation:
         groups, skipped = pending_groups(self.s, data, self._is_done)
         for message in skipped:
             self.log.logger.warning(f"skipped {message}")
-        self.skipped += skipped
+        self.impossible += skipped
         return groups
 
     # -- per category -------------------------------------------------------------------
@@ -161,8 +145,10 @@ class Evaluation:
             return
         self.clock.take()
         with self.clock("features"):
-            st = self._load(data)
-        det = self._detector(category)
+            st = load_state(data, self.runtime, self.log, self._skip)
+            st.model = self._model(category)
+            det = st.model.detector
+            pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         with self.clock("features"):
             st.clean_foreground = det.foreground(st.clean_features)
@@ -195,34 +181,28 @@ class Evaluation:
             self.computed += len(results)
             self.units_bar.update(len(results))
 
-    def _detector(self, category: str) -> AnomalyDINO:
-        """The detector for a category: the table's defaults unless the settings override."""
+    def _model(self, category: str) -> FittedDetector:
+        """The detector ``trustad fit`` builds, for a category: the table's defaults unless
+        the settings override. Calibration is the rows' job here: every calibrator is
+        fitted per unit, so the model carries none."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
-        return AnomalyDINO(
+        return FittedDetector(
             self.runtime,
             rotate=rotates_support(self.s, category),
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
+            calibrator=None,
+            conformal_alpha=None,
+            flag=None,
         )
 
-    def _load(self, data: CategoryData) -> CategoryState:
-        category = data.category
-        self.log(
-            f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
-        )
-        images, sizes = [], []
-        with self.log.bar(f"[{category}] reading test images", len(data.test)) as bar:
-            for sample in data.test:
-                images.extend(self.runtime.preprocess([sample.path])[0])
-                sizes.append(image_size(sample.path))
-                bar.update()
-        labels = np.array([s.label for s in data.test])
-        masks = None
-        if data.has_masks:
-            masks = [load_mask(s, size) for s, size in zip(data.test, sizes)]
-        return CategoryState(data, images, sizes, labels, masks)
+    def _skip(self, message: str) -> None:
+        """Something left out of the run: said now, listed in run.json and at the end."""
+        self.skipped.append(message)
+        self.store.record("skipped", self.skipped)
+        self.log.logger.warning(message)
 
     def _features(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
         out: list[Tensor] = []
@@ -232,7 +212,9 @@ class Evaluation:
                 bar.update(len(batch))
         return out
 
-    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+    def _support_features(
+        self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int
+    ) -> list[Tensor]:
         paths = select_support(st.data.train, shots, seed)
         missing = [p for p in paths if p not in st.support_features]
         if missing:
@@ -241,7 +223,29 @@ class Evaluation:
                 for path in missing:
                     st.support_features[path] = self.runtime.features(det.support_views(path))
                     bar.update()
-        det.fit_features([f for p in paths for f in st.support_features[p]])
+        return [f for p in paths for f in st.support_features[p]]
+
+    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+        st.model.fit_features(self._support_features(det, st, shots, seed))
+
+    def _readable_support(
+        self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
+    ) -> list[Group]:
+        """The pending units whose support images can all be read; the others are skipped
+        and said so (the drawn support set names the unreadable file)."""
+        unreadable = set()
+        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots}):
+            try:
+                self._support_features(det, st, k, seed)
+            except ImageReadError as exc:
+                unreadable.add((seed, k))
+                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {exc}")
+        out = []
+        for seed, cond, eps, shots in pending:
+            kept = [k for k in shots if (seed, k) not in unreadable]
+            if kept:
+                out.append(Group(seed, cond, eps, kept))
+        return out
 
     # -- one unit -----------------------------------------------------------------------
     def _unit(
@@ -259,7 +263,7 @@ class Evaluation:
         if attacked is None:
             st.clean_scores[unit.shots, unit.seed] = scores
         clean = self._clean_scores(st, det, unit.shots, unit.seed)
-        notes = []
+        notes = list(st.notes)
         attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
         if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
             notes.append(IMAGE_LABEL_PROBE)
@@ -268,12 +272,8 @@ class Evaluation:
         )
         if self.s.pixel_metrics and st.masks is not None:
             desc = f"[{st.category}] pixel metrics"
-            with self.log.bar(desc, len(dists) + 1, "step") as bar:
-                maps = []
-                for d, size in zip(dists, st.sizes):
-                    maps.append(anomaly_map(d, size))
-                    bar.update()
-                row.update(pixel_columns(st.masks, maps))
+            with self.log.bar(desc, 1, "step") as bar:
+                row.update(self._pixel_columns(st, dists))
                 bar.update()
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
@@ -293,6 +293,21 @@ class Evaluation:
             )
         return row, per_image
 
+    def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
+        """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
+        device; metrics there on an accelerator, in numpy on the CPU (faster there)."""
+        have = [i for i, m in enumerate(st.masks) if m is not None]
+        device = self.runtime.device
+        maps = anomaly_maps_grouped([dists[i] for i in have], [st.sizes[i] for i in have], device)
+        if device.type == "cpu":
+            return pixel_columns([st.masks[i] for i in have], [m.numpy() for m in maps])
+        if st.pixel_targets is None:
+            st.pixel_targets = pixel_targets([st.masks[i] for i in have], device)
+        return {
+            "pixel_auroc": float(pixel_auroc_torch(st.pixel_targets, maps)),
+            "aupro": float(aupro_torch(st.pixel_targets, maps)),
+        }
+
     def _clean_scores(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
     ) -> np.ndarray:
@@ -304,18 +319,6 @@ class Evaluation:
         return st.clean_scores[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
-    def _probe_labels(self, st: CategoryState) -> list[Tensor]:
-        """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
-        if st.probe_labels is None:
-            st.probe_labels = []
-            for i, x in enumerate(st.images):
-                if st.masks is not None:
-                    m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
-                else:
-                    m = torch.full((x.shape[1] // 14, x.shape[2] // 14), bool(st.labels[i]))
-                st.probe_labels.append(m.float())
-        return st.probe_labels
-
     def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:
         if seed not in st.probes:
             settings = self.s.probe(seed)
@@ -326,7 +329,7 @@ class Evaluation:
                     "calibration split (probe_train_on='calibration'), but this category has "
                     "none (see the clean rows' note); use probe_train_on='test'"
                 )
-            labels = self._probe_labels(st)
+            labels = probe_labels(st, self.s.resolution)
             feats = torch.cat(
                 [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]
             )
@@ -409,7 +412,7 @@ class Evaluation:
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:
             probe = self._probe(st, seed, split)
-            patch_labels = self._probe_labels(st)
+            patch_labels = probe_labels(st, self.s.resolution)
             device = self.runtime.device
 
             def objective_for(idx: list[int]) -> Callable[[Tensor], Tensor]:

@@ -21,6 +21,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
+from ..model import DEFAULT_CONFORMAL_ALPHA
 
 CLEAN = "clean"
 MAX_RESOLUTION = 4480  # 320 x 320 patches: beyond this one image's features do not fit
@@ -158,7 +159,9 @@ class EvaluationSettings:
         DEFAULT_FLAG_RATE, "false-flag rate of the entropy attack flag", group="calibration"
     )
     conformal_alpha: float = option(
-        0.1, "target false-alarm rate of the conformal threshold", group="calibration"
+        DEFAULT_CONFORMAL_ALPHA,
+        "target false-alarm rate of the conformal threshold",
+        group="calibration",
     )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_examples: int = option(

@@ -178,6 +178,12 @@ class ResultStore:
         data["settings"] = new  # keeps what else the file records (the weights)
         self._write_run_file(data)
 
+    def record(self, name: str, value: Any) -> None:
+        """Keep ``value`` under ``name`` in run.json beside the settings."""
+        data = self.run_file()
+        data[name] = value
+        self._write_run_file(data)
+
     def record_weights(self, source: dict[str, Any]) -> None:
         """Record the weights' provenance; refuse to add results computed with other weights
         (the same settings can resolve to another file, e.g. once a download succeeds)."""
@@ -191,8 +197,7 @@ class ResultStore:
                 f"{str(source.get('sha256'))[:12]}). Pass --weights with the earlier file to "
                 "resume, or use another --out folder"
             )
-        data["weights"] = source
-        self._write_run_file(data)
+        self.record("weights", source)
 
     @staticmethod
     def _rewrite(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
