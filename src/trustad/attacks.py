@@ -156,9 +156,11 @@ def pgd(
     random_start: bool = True,
     generator: torch.Generator | None = None,
     autocast: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """L-infinity PGD: optional uniform start in the eps ball, then ``steps`` signed steps,
-    each followed by projection onto the eps ball around x and onto [0, 1]."""
+    each followed by projection onto the eps ball around x and onto [0, 1]. ``on_step`` is
+    called after each step (progress); it cannot change the result."""
     x = x.detach()
     step = default_step_size(eps, steps) if step_size is None else step_size
     lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
@@ -169,6 +171,8 @@ def pgd(
         grad = input_gradient(x_adv, loss_fn, autocast)
         # min/max rather than clamp(delta): keeps a 1-step, no-start PGD bit-equal to FGSM.
         x_adv = torch.minimum(torch.maximum(x_adv + step * grad.sign(), lower), upper)
+        if on_step is not None:
+            on_step()
     return x_adv.detach()
 
 
@@ -233,14 +237,18 @@ def _probe_init(probe: nn.Linear, generator: torch.Generator) -> None:
 
 
 def train_probe(
-    features: Tensor, patch_labels: Tensor, settings: ProbeSettings = ProbeSettings()
+    features: Tensor,
+    patch_labels: Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[nn.Linear, list[float]]:
     """Train the linear probe g: R^D -> R on frozen patch features.
 
     ``features`` (n, h, w, D), ``patch_labels`` (n, h, w) in {0, 1}. Full-batch Adam on the
     mean BCE-with-logits over all patches, seeded initialisation. Returns the frozen probe
     (on the features' device and dtype) and the loss history: the loss before each of the
-    ``steps`` updates, then the final loss (``steps + 1`` values).
+    ``steps`` updates, then the final loss (``steps + 1`` values). ``on_step`` is called
+    after each update (progress).
     """
     if features.ndim != 4 or patch_labels.shape != features.shape[:3]:
         raise ValueError(
@@ -262,6 +270,8 @@ def train_probe(
             loss.backward()
             optimiser.step()
             history.append(loss.item())
+            if on_step is not None:
+                on_step()
     with torch.no_grad():
         history.append(F.binary_cross_entropy_with_logits(probe(feats).squeeze(-1), target).item())
     optimiser.zero_grad(set_to_none=True)
@@ -309,8 +319,10 @@ def run_attack(
     objective: Objective | None,
     generator: torch.Generator | None,
     autocast: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
-    """Apply the attack named by ``settings`` to the batch x (detached result).
+    """Apply the attack named by ``settings`` to the batch x (detached result); ``on_step``
+    is called after each gradient step (progress).
 
     ``objective`` is the loss to maximise (``probe_objective`` or ``score_loss``), needed by
     the gradient attacks only; ``generator`` seeds the noise control and PGD's random start.
@@ -327,6 +339,8 @@ def run_attack(
         x_adv = sign_noise(x, settings.eps, generator)
     elif name in ("fgsm", "score-fgsm"):
         x_adv = fgsm(x, objective, settings.eps, autocast=autocast)
+        if on_step is not None:
+            on_step()
     else:  # pgd, score-pgd
         x_adv = pgd(
             x,
@@ -337,6 +351,7 @@ def run_attack(
             random_start=settings.random_start,
             generator=generator,
             autocast=autocast,
+            on_step=on_step,
         )
     if settings.round_8bit:
         x_adv = round_to_8bit(x_adv)

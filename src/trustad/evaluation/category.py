@@ -69,10 +69,13 @@ def load_state(
     log(f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images")
     kept, images, sizes = [], [], []
     # Decoding and resizing release the GIL: worker threads keep the device fed.
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+    with (
+        ThreadPoolExecutor(DECODE_THREADS) as pool,
+        log.bar(f"[{category}] reading test images", len(data.test)) as bar,
+    ):
         decoded = pool.map(functools.partial(_preprocess_or_error, runtime), data.test)
-        for i, (sample, result) in enumerate(zip(data.test, decoded)):
-            log(f"[{category}] preprocessing", i, len(data.test))
+        for sample, result in zip(data.test, decoded):
+            bar.update()
             if isinstance(result, ImageReadError):
                 skip(f"[{category}] test image left out: {result}")
                 continue

@@ -10,9 +10,12 @@ the bank and are computed per shots and seed. Rows come from ``rows``, persisten
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import UnitFlags
-from .progress import Progress
+from .plan import Group, gradient_steps, make_plan, pending_groups, rotates_support
+from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
     CalibrationOptions,
@@ -43,9 +47,11 @@ from .rows import (
     pixel_columns,
     result_row,
     score_rows,
+    share_seconds,
+    timing_columns,
 )
 from .settings import CLEAN, EvaluationSettings
-from .store import ResultStore
+from .store import TIMING_COLUMNS, ResultStore
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
@@ -59,7 +65,7 @@ class Evaluation:
         settings: EvaluationSettings,
         backbone: torch.nn.Module,
         out: str | Path,
-        progress: bool = True,
+        progress: bool | Progress = True,
     ) -> None:
         self.s = settings
         self.runtime = BackboneRuntime(
@@ -69,12 +75,19 @@ class Evaluation:
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
         )
+        self.log = progress if isinstance(progress, Progress) else Progress(progress)
+        self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)
         source = getattr(backbone, "weights_source", None)  # set by load_backbone
         if source is not None:
+            self.log.debug("weights: " + json.dumps(source.to_dict(), default=str))
             self.store.record_weights(source.to_dict())
-        self.log = Progress(progress)
+        self.clock = Stopwatch()
+        self.failures: dict[str, str] = {}
         self.skipped: list[str] = []  # files and units left out, with the reason
+        self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
+        self.computed = 0  # units computed by this run
+        self.already_done = 0  # units found done in the output folder
         self.calibration_options = CalibrationOptions(
             {name: settings.calibrator_options(name) for name in ("platt",)},
             settings.flag_rate,
@@ -90,45 +103,38 @@ class Evaluation:
         s = self.s
         categories = list_categories(s.dataset, s.root, s.categories)
         t0 = time.time()
-        self.failures: dict[str, str] = {}
-        for category in categories:
-            # A broken category (unreadable image, bad mask) must not cost the others.
-            try:
-                self._run_category(category)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                self.failures[category] = str(exc)
-                self.log(f"[{category}] failed, skipped: {exc}")
+        plan = make_plan(s, self._is_done)
+        self.already_done = sum(c.done for c in plan.categories)
+        self.log(
+            f"{len(plan.pending)} units to do, {self.already_done} already done; "
+            f"{plan.forward} backbone passes and {plan.gradient} gradient passes planned"
+        )
+        with self.log.bar("units", len(plan.pending), "unit") as self.units_bar:
+            for category in categories:
+                # A broken category (unreadable image, bad mask) must not cost the others.
+                try:
+                    self._run_category(category)
+                except (ValueError, FileNotFoundError, OSError) as exc:
+                    self.failures[category] = str(exc)
+                    self.log.logger.warning(f"[{category}] failed, skipped: {exc}")
         self.log(
             f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes "
             "without gradient"
         )
         return self.store.rows
 
+    def _is_done(self, unit: Unit) -> bool:
+        return self.store.done(*astuple(unit))
+
     # -- planning -----------------------------------------------------------------------
-    def _pending(self, data: CategoryData) -> list[tuple[int, str, float, list[int]]]:
+    def _pending(self, data: CategoryData) -> list[Group]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
-        possible = {}
-        for seed in range(self.s.seeds):
-            for k in self.s.shots:
-                try:
-                    select_support(data.train, k, seed)
-                    possible[seed, k] = True
-                except ValueError as exc:
-                    possible[seed, k] = False
-                    self.log(f"[{data.category}] skipped {k} shots, seed {seed}: {exc}")
-        out = []
-        for seed in range(self.s.seeds):
-            for cond, eps in self.s.conditions():
-                shots = [
-                    k
-                    for k in self.s.shots
-                    if possible[seed, k]
-                    and not self.store.done(self.s.dataset, data.category, k, seed, cond, eps)
-                ]
-                if shots:
-                    out.append((seed, cond, eps, shots))
-        return out
+        groups, skipped = pending_groups(self.s, data, self._is_done)
+        for message in skipped:
+            self.log.logger.warning(f"skipped {message}")
+        self.impossible += skipped
+        return groups
 
     # -- per category -------------------------------------------------------------------
     def _run_category(self, category: str) -> None:
@@ -137,26 +143,44 @@ class Evaluation:
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return
-        st = load_state(data, self.runtime, self.log, self._skip)
-        st.model = self._model(category)
-        st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
-        det = st.model.detector
-        pending = self._readable_support(st, det, pending)
+        self.clock.take()
+        with self.clock("features"):
+            st = load_state(data, self.runtime, self.log, self._skip)
+            st.model = self._model(category)
+            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
+            det = st.model.detector
+            pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
-        st.clean_foreground = det.foreground(st.clean_features)
+        with self.clock("features"):
+            st.clean_foreground = det.foreground(st.clean_features)
+        # Work shared by several units is shared out evenly among them.
+        shared = share_seconds(self.clock.take(), sum(len(g.shots) for g in pending))
+        self.shot_seconds: dict[int, dict[str, float]] = {}
         for seed, cond, eps, shots in pending:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
                 per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
+            group = share_seconds(self.clock.take(), len(shots))
             results, scores = [], []
             for k in shots:
                 unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                t0 = time.perf_counter()
                 row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
+                own = self.clock.take()
+                own["metrics"] = time.perf_counter() - t0 - sum(own.values())
+                seconds = [shared, group, self.shot_seconds.pop(k, {}), own]
+                row.update(timing_columns(seconds))
+                self.log.debug(
+                    f"[{category}] unit shots={k} seed={seed} {cond} eps={eps:.6g}: "
+                    + ", ".join(f"{c} {row[c]:.2f}" for c in TIMING_COLUMNS)
+                )
                 results.append(row)
                 scores.extend(unit_scores)
             self.store.add(results, scores)
+            self.computed += len(results)
+            self.units_bar.update(len(results))
 
     def _model(self, category: str) -> FittedDetector:
         """The detector ``trustad fit`` builds, for a category: the table's defaults unless
@@ -165,7 +189,7 @@ class Evaluation:
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
         return FittedDetector(
             self.runtime,
-            rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
+            rotate=rotates_support(self.s, category),
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
@@ -179,14 +203,14 @@ class Evaluation:
         """Something left out of the run: said now, listed in run.json and at the end."""
         self.skipped.append(message)
         self.store.record("skipped", self.skipped)
-        self.log(message)
+        self.log.logger.warning(message)
 
     def _features(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
         out: list[Tensor] = []
-        for start, batch in batches(images, self.s.batch_size):
-            self.log(f"[{st.category}] {what}", start, len(images))
-            out.extend(self.runtime.features(list(batch)))
-        self.log(f"[{st.category}] {what}", len(out), len(images))
+        with self.clock("features"), self.log.bar(f"[{st.category}] {what}", len(images)) as bar:
+            for _, batch in batches(images, self.s.batch_size):
+                out.extend(self.runtime.features(list(batch)))
+                bar.update(len(batch))
         return out
 
     def _support_features(
@@ -194,19 +218,20 @@ class Evaluation:
     ) -> list[Tensor]:
         paths = select_support(st.data.train, shots, seed)
         missing = [p for p in paths if p not in st.support_features]
-        for i, path in enumerate(missing):
-            self.log(f"[{st.category}] support features", i, len(missing))
-            st.support_features[path] = self.runtime.features(det.support_views(path))
         if missing:
-            self.log(f"[{st.category}] support features", len(missing), len(missing))
+            desc = f"[{st.category}] support features"
+            with self.clock("features"), self.log.bar(desc, len(missing)) as bar:
+                for path in missing:
+                    st.support_features[path] = self.runtime.features(det.support_views(path))
+                    bar.update()
         return [f for p in paths for f in st.support_features[p]]
 
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
         st.model.fit_features(self._support_features(det, st, shots, seed))
 
     def _readable_support(
-        self, st: CategoryState, det: AnomalyDINO, pending: list[tuple[int, str, float, list[int]]]
-    ) -> list[tuple[int, str, float, list[int]]]:
+        self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
+    ) -> list[Group]:
         """The pending units whose support images can all be read; the others are skipped
         and said so (the drawn support set names the unreadable file)."""
         unreadable = set()
@@ -220,7 +245,7 @@ class Evaluation:
         for seed, cond, eps, shots in pending:
             kept = [k for k in shots if (seed, k) not in unreadable]
             if kept:
-                out.append((seed, cond, eps, kept))
+                out.append(Group(seed, cond, eps, kept))
         return out
 
     # -- one unit -----------------------------------------------------------------------
@@ -260,7 +285,10 @@ class Evaluation:
         )
         row.update(flag_cols)
         if self.s.pixel_metrics and st.masks is not None:
-            row.update(self._pixel_columns(st, dists))
+            desc = f"[{st.category}] pixel metrics"
+            with self.log.bar(desc, 1, "step") as bar:
+                row.update(self._pixel_columns(st, dists))
+                bar.update()
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
@@ -323,12 +351,17 @@ class Evaluation:
             )
             targets = torch.cat([labels[i].reshape(-1) for i in train])
             device = self.runtime.device
-            probe, history = train_probe(
-                feats[None, None].to(device), targets[None, None].to(device), settings
-            )
+            desc = f"[{st.category}] probe seed {seed}"
+            with self.clock("attack"), self.log.bar(desc, settings.steps, "step") as bar:
+                probe, history = train_probe(
+                    feats[None, None].to(device),
+                    targets[None, None].to(device),
+                    settings,
+                    on_step=bar.update,
+                )
             st.probes[seed] = probe
             if st.masks is None:
-                self.log(f"[{st.category}] {IMAGE_LABEL_PROBE}")
+                self.log.debug(f"[{st.category}] {IMAGE_LABEL_PROBE}")
             self.log(
                 f"[{st.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
             )
@@ -346,18 +379,22 @@ class Evaluation:
         gen = torch.Generator(device=device)
         gen.manual_seed(zlib.crc32(f"{st.category}/{attack.name}/{attack.eps}/{seed}".encode()))
         what = f"[{st.category}] {attack.name} eps={attack.eps:.4g} seed {seed}"
+        steps = max(gradient_steps(attack), 1)  # PGD: one bar step per image and PGD step
         out: list[Tensor] = []
-        for start, batch in batches(st.images, self.s.batch_size):
-            self.log(what, start, len(st.images))
-            adv = run_attack(
-                batch.to(device),
-                attack,
-                objective=objective_for(list(range(start, start + len(batch)))),
-                generator=gen,
-                autocast=self.runtime.gradients_bf16,
-            )
-            out.extend(adv.detach().cpu())
-        self.log(what, len(out), len(out))
+        unit = "img-step" if steps > 1 else "img"
+        with self.clock("attack"), self.log.bar(what, steps * len(st.images), unit) as bar:
+            for start, batch in batches(st.images, self.s.batch_size):
+                adv = run_attack(
+                    batch.to(device),
+                    attack,
+                    objective=objective_for(list(range(start, start + len(batch)))),
+                    generator=gen,
+                    autocast=self.runtime.gradients_bf16,
+                    on_step=functools.partial(bar.update, len(batch)) if steps > 1 else None,
+                )
+                if steps == 1:
+                    bar.update(len(batch))
+                out.extend(adv.detach().cpu())
         return out
 
     def _adversarial(
@@ -372,7 +409,7 @@ class Evaluation:
     ) -> dict[int, Scored]:
         attack = self.s.attack(cond, eps)
         if attack.targets_score:
-            self.log(
+            self.log.debug(
                 f"[{st.category}] {cond} depends on the memory bank: computed per shots and seed"
             )
             labels = torch.as_tensor(st.labels, dtype=torch.float32)
@@ -386,6 +423,7 @@ class Evaluation:
                 adv = self._attack_images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)
+                self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:

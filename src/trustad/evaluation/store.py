@@ -27,6 +27,9 @@ PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
 FLAG_METRICS = ("flag_auroc", "flag_tpr")
 FLAGGED_CALIBRATORS = ("uncal", "platt")
+# Seconds spent on a unit; they vary from run to run, so they are not results to compare.
+# Rows written before these columns existed stay valid (read back blank).
+TIMING_COLUMNS = ("seconds_features", "seconds_attack", "seconds_metrics")
 
 
 def result_columns() -> list[str]:
@@ -36,7 +39,7 @@ def result_columns() -> list[str]:
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
     cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
-    cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note"]
+    cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note", *TIMING_COLUMNS]
     return cols
 
 
@@ -93,6 +96,47 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def whole_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results.csv that are whole (torn rows dropped), without repeats."""
+    numeric = [c for c in result_columns() if c not in KEY_COLUMNS and c != "note"]
+    rows = read_csv(path)
+    return unique_rows(r for r in rows if _is_whole(r, numeric))
+
+
+def check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to resume a run whose recorded settings differ in a setting that changes
+    results (``old``, ``new``: settings dictionaries)."""
+    changed = sorted(k for k in new if k not in RESUME_FREE and old.get(k, new[k]) != new[k])
+    if changed:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)}); "
+            "use another --out folder or the same settings to resume"
+        )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """run.json's content, {} when there is none."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a trustad run file: {exc}") from exc
+    if not isinstance(data, dict) or "settings" not in data:
+        raise ValueError(f"{path} is not a trustad run file: no settings")
+    return data
+
+
+def done_units(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
+    """Unit keys already done in ``out``, read without writing anything (for a plan).
+    Raises like a run would when the folder holds a run with other settings."""
+    out = Path(out)
+    data = read_run_file(out / "run.json") if out.is_dir() else {}
+    if data:
+        check_resumable(out, data["settings"], settings.to_dict())
+    return {row_key(r) for r in whole_results(out / "results.csv")} if out.is_dir() else set()
+
+
 class ResultStore:
     """Persists units as they finish and tells which are done; nothing else."""
 
@@ -104,9 +148,7 @@ class ResultStore:
         self.settings_path = self.out / "run.json"
         self._check_settings(settings)
         columns = result_columns()
-        numeric = [c for c in columns if c not in KEY_COLUMNS and c != "note"]
-        rows = [r for r in read_csv(self.results_path) if _is_whole(r, numeric)]
-        self.rows = unique_rows(rows)
+        self.rows = whole_results(self.results_path)
         self._done = {row_key(r) for r in self.rows}
         # Score rows without their results row belong to an interrupted unit: drop them.
         scores = [
@@ -118,15 +160,7 @@ class ResultStore:
         self._rewrite(self.results_path, columns, self.rows)
 
     def run_file(self) -> dict[str, Any]:
-        if not self.settings_path.exists():
-            return {}
-        try:
-            data = json.loads(self.settings_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
-        if not isinstance(data, dict) or "settings" not in data:
-            raise ValueError(f"{self.settings_path} is not a trustad run file: no settings")
-        return data
+        return read_run_file(self.settings_path)
 
     def _write_run_file(self, data: dict[str, Any]) -> None:
         tmp = self.settings_path.with_suffix(".tmp")
@@ -137,15 +171,7 @@ class ResultStore:
         new = settings.to_dict()
         data = self.run_file()
         if data:
-            old = data["settings"]
-            changed = sorted(
-                k for k in new if k not in RESUME_FREE and old.get(k, new[k]) != new[k]
-            )
-            if changed:
-                raise ValueError(
-                    f"{self.out} holds a run with other settings ({', '.join(changed)}); "
-                    "use another --out folder or the same settings to resume"
-                )
+            check_resumable(self.out, data["settings"], new)
         data["settings"] = new  # keeps what else the file records (the weights)
         self._write_run_file(data)
 
