@@ -67,6 +67,7 @@ class Evaluation:
             batch_size=settings.batch_size,
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
+            tf32=settings.tf32,
         )
         self.store = ResultStore(out, settings)
         source = getattr(backbone, "weights_source", None)  # set by load_backbone
