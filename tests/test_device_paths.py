@@ -1,5 +1,6 @@
 """Device paths the per-operation tests leave out: maps of mixed shapes batched by group,
-a whole run on CUDA against the CPU, and the TF32 setting. (Maps, pixel metrics, rotation,
+patch distances brought back from the device, a whole run on CUDA against the CPU, and the
+TF32 setting. (Maps, pixel metrics, rotation,
 preprocessing and L-inf/PSNR on each device: test_maps, test_pixel_metrics,
 test_device_ops.)"""
 
@@ -12,7 +13,7 @@ from conftest import make_tiny_vit
 
 from trustad.backbone.runtime import BackboneRuntime
 from trustad.cli import build_parser
-from trustad.detector import anomaly_map
+from trustad.detector import AnomalyDINO, anomaly_map
 from trustad.evaluation import Evaluation, EvaluationSettings
 from trustad.evaluation.settings import from_arguments
 from trustad.maps import anomaly_maps_grouped
@@ -30,6 +31,21 @@ def test_grouped_maps_keep_the_order_and_equal_single_maps(torch_device):
     for got, grid, (w, h) in zip(maps, grids, sizes):
         assert got.device.type == torch_device.type and got.shape == (h, w)
         np.testing.assert_allclose(got.cpu().numpy(), anomaly_map(grid, (w, h)), rtol=0, atol=1e-6)
+
+
+def test_distances_on_each_device_equal_the_cpu(torch_device):
+    """Patch distances of images of two grid shapes, masked, come back to the host in order."""
+    gen = torch.Generator().manual_seed(5)
+    support = [torch.randn(4, 4, 32, generator=gen) for _ in range(3)]
+    queries = [torch.randn(*hw, 32, generator=gen) for hw in [(4, 4), (3, 5), (4, 4)]]
+    masks = [torch.rand(q.shape[:2], generator=gen) > 0.3 for q in queries]
+    dists = {}
+    for device in ("cpu", torch_device):
+        det = AnomalyDINO(make_tiny_vit().to(device), rotate=False).fit_features(support)
+        dists[device] = det.distances_from_features(queries, masks)
+    for got, ref, q in zip(dists[torch_device], dists["cpu"], queries):
+        assert got.device.type == "cpu" and got.shape == q.shape[:2]
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

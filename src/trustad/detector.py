@@ -243,8 +243,12 @@ class AnomalyDINO:
                 d = patch_distances(f[None].to(self.device), self.memory_bank_, self.knn)[0]
             if masks is not None:
                 d = d * masks[i].to(d.device)
-            out.append(d.cpu())
-        return out
+            out.append(d)
+        if self.device.type == "cpu" or not out:
+            return out
+        # One copy to the host for all images: no wait for the device per image.
+        flat = torch.cat([d.reshape(-1) for d in out]).cpu()
+        return [part.reshape(d.shape) for part, d in zip(flat.split([d.numel() for d in out]), out)]
 
     def scores_from_distances(self, distances: Sequence[Tensor]) -> np.ndarray:
         return np.array([float(image_scores(d[None])[0]) for d in distances])
