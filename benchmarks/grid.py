@@ -58,6 +58,7 @@ import argparse
 import cProfile
 import dataclasses
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -328,6 +329,7 @@ def main() -> None:
     found = clock.install()
     print(f"trustad from {Path(trustad.__file__).parent}; runner {Evaluation.__module__}")
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs before the run")
     print(f"timed: {len(found)} functions")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -349,6 +351,7 @@ def main() -> None:
         if profiler:
             profiler.disable()
         total = time.perf_counter() - start
+        load = os.getloadavg()[0]
     if getattr(run, "failures", None):
         raise SystemExit(f"categories failed: {run.failures}")
     seconds = dict(clock.seconds)
@@ -356,7 +359,8 @@ def main() -> None:
     print(
         f"\n{len(rows)} result rows; shots {settings.shots} x {settings.seeds} seeds x "
         f"{len(settings.conditions())} conditions; {n_test} test images at {args.size} px, "
-        f"resolution {args.resolution}{', tiny ViT' if args.tiny else ''}"
+        f"resolution {args.resolution}{', tiny ViT' if args.tiny else ''}; "
+        f"load average {load:.1f} after it"
     )
     base = json.loads(args.baseline.read_text()) if args.baseline else None
     print(table(seconds, total, n_test, base))
