@@ -356,3 +356,38 @@ def test_probe_on_a_missing_calibration_split_says_why(dataset, tmp_path):
     rows = run.run()
     assert [r["condition"] for r in rows] == ["clean"]  # saved before the attack failed
     assert "calibration split" in run.failures["brick"]
+
+
+def test_a_torn_results_row_is_computed_again(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1, shots=[1, 2])
+    Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    whole = _read(tmp_path / "results.csv")
+    text = (tmp_path / "results.csv").read_text()
+    (tmp_path / "results.csv").write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    assert len(run.store.rows) == len(whole) - 1  # the torn row no longer counts as done
+    run.run()
+    again = _read(tmp_path / "results.csv")
+    assert len(again) == len(whole)
+    key = ("shots", "condition", "auroc")
+    assert sorted(tuple(r[k] for k in key) for r in again) == sorted(
+        tuple(r[k] for k in key) for r in whole
+    )
+
+
+def test_attack_flags_get_their_columns(dataset, tmp_path):
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["noise"],
+        calibration_fraction=0.4,
+    )
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    attacked = next(r for r in rows if r["condition"] == "noise")
+    for name in ("stability", "median", "exceed", "feature_norm", "combined"):
+        assert 0.0 <= attacked[f"flag_auroc_{name}"] <= 1.0
+        assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
+    clean = next(r for r in rows if r["condition"] == "clean")
+    assert "flag_auroc_stability" not in clean

@@ -47,6 +47,14 @@ class ImageReadError(ValueError):
         return type(self), (self.path, self.reason)
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over the pixel or side limits (refused before its pixels are decoded)."""
+
+
+class NotAnImageError(ImageReadError):
+    """A file that no Pillow decoder recognises as an image."""
+
+
 class ImageNotFoundError(ImageReadError, FileNotFoundError):
     """No file at the path given (also a ``FileNotFoundError``)."""
 
@@ -215,12 +223,17 @@ def _opened(
             with Image.open(source, formats=READABLE_FORMATS) as img:
                 refused = _check_limits(img.size, max_pixels, max_side)
                 if refused:
-                    raise ImageReadError(name, refused)
+                    raise ImageTooLargeError(name, refused)
                 yield img
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001  Pillow's plugins raise many types on bad data
-        raise ImageReadError(name, _reason(exc)) from exc
+        kind = ImageReadError
+        if isinstance(exc, Image.DecompressionBombError):
+            kind = ImageTooLargeError
+        elif isinstance(exc, UnidentifiedImageError):
+            kind = NotAnImageError
+        raise kind(name, _reason(exc)) from exc
 
 
 def _orientation(img: Image.Image) -> int:

@@ -10,7 +10,7 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, weights
+    from . import demo, evaluate, fit, predict, serve, weights
 
     parser = argparse.ArgumentParser(
         prog="trustad",
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    fit.add_parser(sub)
+    predict.add_parser(sub)
+    serve.add_parser(sub)
     weights.add_parser(sub)
     return parser
 

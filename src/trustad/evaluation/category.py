@@ -18,7 +18,9 @@ from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime
 from ..data import CategoryData, Sample, load_mask
 from ..images import ImageReadError
+from ..model import FittedDetector
 from ..pixel_metrics import PixelTargets
+from .flagging import UnitFlags
 from .progress import Progress
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -36,11 +38,13 @@ class CategoryState:
     notes: list[str] = field(default_factory=list)  # said in every row of the category
     clean_features: list[Tensor] = field(default_factory=list)
     clean_foreground: list[Tensor] | None = None
-    clean_scores: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    clean_distances: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device
+    model: FittedDetector | None = None  # the category's detector, refitted per unit
+    flags: UnitFlags | None = None  # attack flags, calibrated per (shots, seed)
 
     @property
     def category(self) -> str:

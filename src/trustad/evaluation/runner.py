@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,9 +27,11 @@ from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
 from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
+from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
+from .flagging import UnitFlags
 from .progress import Progress
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -138,7 +139,9 @@ class Evaluation:
             self.log(f"[{category}] already complete, skipped")
             return
         st = load_state(data, self.runtime, self.log, self._skip)
-        det = self._detector(category)
+        st.model = self._model(category)
+        st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
+        det = st.model.detector
         pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         st.clean_foreground = det.foreground(st.clean_features)
@@ -156,16 +159,21 @@ class Evaluation:
                 scores.extend(unit_scores)
             self.store.add(results, scores)
 
-    def _detector(self, category: str) -> AnomalyDINO:
-        """The detector for a category: the table's defaults unless the settings override."""
+    def _model(self, category: str) -> FittedDetector:
+        """The detector ``trustad fit`` builds, for a category: the table's defaults unless
+        the settings override. Calibration is the rows' job here: every calibrator is
+        fitted per unit, so the model carries none."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
-        return AnomalyDINO(
+        return FittedDetector(
             self.runtime,
             rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
+            calibrator=None,
+            conformal_alpha=None,
+            flag=None,
         )
 
     def _skip(self, message: str) -> None:
@@ -195,7 +203,7 @@ class Evaluation:
         return [f for p in paths for f in st.support_features[p]]
 
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
-        det.fit_features(self._support_features(det, st, shots, seed))
+        st.model.fit_features(self._support_features(det, st, shots, seed))
 
     def _readable_support(
         self, st: CategoryState, det: AnomalyDINO, pending: list[tuple[int, str, float, list[int]]]
@@ -229,16 +237,29 @@ class Evaluation:
         self._fit(det, st, unit.shots, unit.seed)
         dists = det.distances_from_features(features, foreground)
         scores = det.scores_from_distances(dists)
+        key = (unit.shots, unit.seed)
         if attacked is None:
-            st.clean_scores[unit.shots, unit.seed] = scores
-        clean = self._clean_scores(st, det, unit.shots, unit.seed)
+            st.clean_distances[key] = dists
+        clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
+        clean = det.scores_from_distances(clean_dists)
         notes = list(st.notes)
-        attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
-        if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
-            notes.append(IMAGE_LABEL_PROBE)
+        flag_cols = {}
+        if attacked is not None:
+            attack = self.s.attack(unit.condition, unit.eps)
+            if attack.needs_objective and not attack.targets_score and st.masks is None:
+                notes.append(IMAGE_LABEL_PROBE)
+            flag_cols = st.flags.columns(
+                key,
+                det,
+                split,
+                (clean_dists, st.clean_features, st.images),
+                (dists, features, attacked),
+                notes,
+            )
         row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
+        row.update(flag_cols)
         if self.s.pixel_metrics and st.masks is not None:
             row.update(self._pixel_columns(st, dists))
         if attacked is not None:
@@ -274,15 +295,17 @@ class Evaluation:
             "aupro": float(aupro_torch(st.pixel_targets, maps)),
         }
 
-    def _clean_scores(
+    def _clean_distances(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
-    ) -> np.ndarray:
-        """Clean scores at (shots, seed); ``det`` must be fitted for them. Kept in memory
-        for the category; computed from the clean features when a resumed run needs them."""
-        if (shots, seed) not in st.clean_scores:
-            dists = det.distances_from_features(st.clean_features, st.clean_foreground)
-            st.clean_scores[shots, seed] = det.scores_from_distances(dists)
-        return st.clean_scores[shots, seed]
+    ) -> list[Tensor]:
+        """Clean patch distances at (shots, seed); ``det`` must be fitted for them. Kept in
+        memory for the category; computed from the clean features when a resumed run
+        needs them."""
+        if (shots, seed) not in st.clean_distances:
+            st.clean_distances[shots, seed] = det.distances_from_features(
+                st.clean_features, st.clean_foreground
+            )
+        return st.clean_distances[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
     def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration as cal
+from ..flags import FLAGS
 from .settings import RESUME_FREE, EvaluationSettings
 
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
@@ -33,6 +34,7 @@ def result_columns() -> list[str]:
     cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
+    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
     cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note"]
     return cols
@@ -61,16 +63,18 @@ def unique_rows(rows: Iterable[dict[str, Any]], extra: Sequence[str] = ()) -> li
     return out
 
 
-def _is_whole(row: dict[str, Any], columns: Sequence[str], numeric: Sequence[str]) -> bool:
-    """True when a row read back has every column and its numbers parse."""
-    if None in row or any(row.get(c) is None for c in columns):
+def _is_whole(row: dict[str, Any], numeric: Sequence[str]) -> bool:
+    """True when a row read back has every column of its file's header and its key and
+    numbers parse (a row torn by a crash lacks its last fields). Columns added to the
+    format later are simply absent from older files."""
+    if None in row or any(v is None for v in row.values()):
         return False
     try:
         row_key(row)
         for c in numeric:
-            if row[c] != "":
+            if row.get(c, ""):
                 float(row[c])
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError):
         return False
     return True
 
@@ -101,14 +105,14 @@ class ResultStore:
         self._check_settings(settings)
         columns = result_columns()
         numeric = [c for c in columns if c not in KEY_COLUMNS and c != "note"]
-        rows = [r for r in read_csv(self.results_path) if _is_whole(r, columns, numeric)]
+        rows = [r for r in read_csv(self.results_path) if _is_whole(r, numeric)]
         self.rows = unique_rows(rows)
         self._done = {row_key(r) for r in self.rows}
         # Score rows without their results row belong to an interrupted unit: drop them.
         scores = [
             r
             for r in read_csv(self.scores_path)
-            if _is_whole(r, SCORE_KEY_COLUMNS, ("label", "score")) and row_key(r) in self._done
+            if _is_whole(r, ("label", "score")) and row_key(r) in self._done
         ]
         self._rewrite(self.scores_path, SCORE_COLUMNS, unique_rows(scores, extra=("image",)))
         self._rewrite(self.results_path, columns, self.rows)
