@@ -17,7 +17,8 @@ its split into phases:
                and image-level metrics
   maps         anomaly maps (upsampling and Gaussian smoothing)
   pixel        pixel AUROC and AUPRO
-  calibration  calibrators, calibration metrics, flags, conformal thresholds
+  calibration  calibrators, calibration metrics, the entropy flag, conformal thresholds
+  flags        the other attack flags, where the code has them (measured on attacked units)
   writing      the result store (results.csv, scores.csv) and per-image score rows
   other        the rest of the run: the runner's own loop, planning, file listing
 
@@ -131,6 +132,9 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "calibration": [
         ("trustad.protocol", "Evaluation._calibration"),  # before
         ("trustad.evaluation.rows", "result_row"),  # after (image metrics inside: scoring)
+    ],
+    "flags": [
+        ("trustad.evaluation.flagging", "UnitFlags.columns"),  # attack flags beyond entropy
     ],
     "writing": [
         ("trustad.protocol", "ResultStore.add"),
