@@ -267,6 +267,8 @@ def settings_for(args: argparse.Namespace, root: Path, warm_up: bool = False) ->
         batch_size=args.batch_size,
     )
     names = {f.name for f in dataclasses.fields(EvaluationSettings)}
+    if args.no_flags and "flags" in names:
+        values["flags"] = ["none"]
     if "tf32" in names:
         values["tf32"] = args.tf32
     elif args.tf32:  # a version without the setting: set torch's flags directly
@@ -283,9 +285,9 @@ def table(seconds: dict[str, float], total: float, n_test: int, base: dict[str, 
     for name, sec in rows:
         line = f"{name:<12} {sec:9.2f} {sec / n_test:9.4f} {sec / total:6.1%}"
         if base:
-            before = base["per_image"][name]
-            ratio = before / (sec / n_test) if sec > 0 else float("inf")
-            line += f" {before:9.4f} {ratio:7.1f}"
+            before = base["per_image"].get(name, 0.0)  # a phase it did not have: 0
+            ratio = f"{before / (sec / n_test):7.1f}" if sec > 0 else f"{'-':>7}"
+            line += f" {before:9.4f} {ratio}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -308,6 +310,9 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="weights file (default: the usual lookup)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
     ap.add_argument("--no-pixel-metrics", action="store_true")
+    ap.add_argument(
+        "--no-flags", action="store_true", help="no attack flags besides the entropy (as before)"
+    )
     ap.add_argument("--no-sync", action="store_true", help="no device syncs at phase bounds")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile: top N")
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: temporary)")
