@@ -53,6 +53,23 @@ def test_patch_distances_chunked_equals_unchunked(monkeypatch):
     np.testing.assert_allclose(patch_distances(query, bank).numpy(), full.numpy(), atol=1e-6)
 
 
+def test_blocked_bank_search_on_the_cpu_equals_one_pass(monkeypatch):
+    """The same distances, to the bit, whatever the block size: the bank holds repeated rows
+    (ties across blocks) and the block sizes do not divide it."""
+    import trustad.detector as detector
+
+    gen = torch.Generator().manual_seed(2)
+    rows = torch.randn(300, 16, generator=gen)
+    bank = memory_bank(torch.cat([rows, rows[:70], rows[100:130]]))
+    query = torch.randn(2, 6, 7, 16, generator=gen)
+    query[0, 0, :3] = rows[[5, 120, 299]]  # exact matches, each also repeated or last
+    monkeypatch.setattr(detector, "CPU_BANK_BLOCK", 1 << 30)
+    one_pass = patch_distances(query, bank)
+    for block in (64, 7):
+        monkeypatch.setattr(detector, "CPU_BANK_BLOCK", block)
+        assert torch.equal(patch_distances(query, bank), one_pass)
+
+
 def test_patch_distances_are_differentiable():
     rng = np.random.default_rng(2)
     bank = memory_bank(torch.tensor(rng.normal(size=(30, 8)), dtype=torch.float64))

@@ -1,8 +1,8 @@
 """The one way to run the backbone: device, precision, batching and preprocessing.
 
 The detector, the attacks and the evaluation runner all go through a ``BackboneRuntime``,
-so that the device, the two precision switches (features, attack gradients) and the batch
-size are decided once.
+so that the device, the precision switches (features, attack gradients, TF32 on CUDA) and
+the batch size are decided once.
 """
 
 from __future__ import annotations
@@ -77,11 +77,22 @@ def batches(tensors: Sequence[Tensor], batch_size: int) -> Iterator[tuple[int, T
         start = end
 
 
+def set_tf32(device: torch.device, allowed: bool) -> None:
+    """On CUDA, let float32 matrix products and convolutions use TF32 (inputs rounded to
+    10 mantissa bits: faster on Ampere and later GPUs, no longer float32-exact) or not.
+    torch's flags are process-wide; on other devices nothing is changed."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
+
+
 class BackboneRuntime:
     """A frozen backbone with the settings that say how to run it.
 
     ``features_bf16`` runs feature extraction under bfloat16 autocast; ``gradients_bf16``
-    runs the forward passes of attacks and differentiable scores under it.
+    runs the forward passes of attacks and differentiable scores under it. ``tf32`` allows
+    TF32 for float32 work on CUDA; off, float32 stays float32 there (torch's own default
+    allows it for convolutions).
     """
 
     def __init__(
@@ -92,6 +103,7 @@ class BackboneRuntime:
         batch_size: int = DEFAULT_BATCH_SIZE,
         features_bf16: bool = False,
         gradients_bf16: bool = False,
+        tf32: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -100,6 +112,8 @@ class BackboneRuntime:
         self.batch_size = batch_size
         self.features_bf16 = features_bf16
         self.gradients_bf16 = gradients_bf16
+        self.tf32 = tf32
+        set_tf32(self.device, tf32)
         self.images_seen = 0  # images passed through the backbone without gradient
 
     @property

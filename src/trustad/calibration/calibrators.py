@@ -7,6 +7,7 @@ the uncalibrated score, with a note) when the calibration split cannot support a
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,6 +16,7 @@ from numpy.typing import ArrayLike
 from scipy import optimize
 from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
+from threadpoolctl import ThreadpoolController
 
 from .inputs import as_labels, as_scores, clip_probs
 
@@ -28,6 +30,12 @@ class Calibrator(Protocol):
     def fit(self, scores: ArrayLike, labels: ArrayLike) -> Calibrator: ...
 
     def predict_proba(self, scores: ArrayLike) -> np.ndarray: ...
+
+
+@functools.cache
+def _thread_pools() -> ThreadpoolController:
+    # Found once: looking the BLAS libraries up costs about 10 ms.
+    return ThreadpoolController()
 
 
 def _logistic_loss(w: np.ndarray, x: np.ndarray, y: np.ndarray, ridge: np.ndarray) -> float:
@@ -149,7 +157,12 @@ class TemperatureCalibrator:
             return loss, np.array([-float(r @ z0) * inv_t, float(r.sum())])
 
         bounds = [(math.log(self.T_MIN), math.log(self.T_MAX)), (None, None)]
-        res = optimize.minimize(loss_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=bounds)
+        # One BLAS thread: on two parameters more threads only wait on each other, which
+        # on a busy machine costs milliseconds per L-BFGS-B step (100x the fit itself).
+        with _thread_pools().limit(limits=1, user_api="blas"):
+            res = optimize.minimize(
+                loss_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=bounds
+            )
         self.temperature_ = float(math.exp(res.x[0]))
         self.bias_ = float(res.x[1])
         on_bound = not (self.T_MIN * 1.001 < self.temperature_ < self.T_MAX / 1.001)

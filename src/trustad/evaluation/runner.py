@@ -74,6 +74,7 @@ class Evaluation:
             batch_size=settings.batch_size,
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
+            tf32=settings.tf32,
         )
         self.log = progress if isinstance(progress, Progress) else Progress(progress)
         self.log.debug("settings: " + json.dumps(settings.to_dict()))

@@ -112,6 +112,14 @@ class EvaluationSettings:
     knn: int = option(1, "nearest bank patches averaged per test patch", group="detector")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "images per backbone batch", group="runtime")
     bf16: bool = option(False, "bfloat16 autocast for feature extraction", group="runtime")
+    tf32: bool = option(
+        False,
+        "allow TF32 for float32 matrix products and convolutions on CUDA: their inputs are "
+        "rounded to 10 mantissa bits (about 3 significant digits), faster on Ampere and later "
+        "GPUs, but features and scores no longer match the CPU's to float32 precision; "
+        "off: float32 throughout; no effect on other devices",
+        group="runtime",
+    )
     attacks: list[str] = option(
         ["none"], "conditions besides clean", group="attack", choices=ATTACKS, flag="attack"
     )
