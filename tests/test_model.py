@@ -18,6 +18,7 @@ from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
+from trustad.model.flags import stability_values
 
 
 @pytest.fixture
@@ -66,14 +67,24 @@ def test_save_load_predict_equal(tiny_vit, images, tmp_path):
 
 def test_fields_follow_the_documented_rules(tiny_vit, images):
     model = fitted(tiny_vit, images)
+    assert model.flag == "stability"  # the default flag
     preds = model.predict(images["test"], maps=False)
     scores = np.array([p.score for p in preds])
     probs = model.calibrator_.predict_proba(scores)
-    for p, prob in zip(preds, probs):
+    det = model.detector
+    tensors, _ = det.runtime.preprocess(images["test"])
+    stability = stability_values(det, det.distances_from_features(det.features(tensors)), tensors)
+    for p, prob, value in zip(preds, probs, stability):
         assert p.anomaly_map is None
         assert p.probability == prob
         assert p.decision == (p.score > model.conformal_.threshold_)
         assert p.decision == (p.p_value <= 0.5)
+        assert p.flag == (value > model.flag_.threshold_)
+
+
+def test_the_entropy_flag_stays_available(tiny_vit, images):
+    model = fitted(tiny_vit, images, flag="entropy")
+    for p in model.predict(images["test"], maps=False):
         assert p.flag == (p.entropy > model.flag_.threshold_)
 
 
@@ -81,11 +92,12 @@ def test_only_normal_calibration_gives_only_the_conformal_threshold(tiny_vit, im
     model = FittedDetector(tiny_vit, resolution=RES, conformal_alpha=0.5).fit(
         images["good"], images["cal_good"]
     )
-    assert model.calibrator_ is None and model.flag_ is None
+    assert model.calibrator_ is None
+    assert model.flag_ is not None  # the stability flag needs no probability
     assert model.decision_rule_ == "conformal"
     assert any("no probability" in n for n in model.notes_)
     (p,) = model.predict(images["test"][:1], maps=False)
-    assert p.probability is None and p.entropy is None and p.flag is None
+    assert p.probability is None and p.entropy is None and isinstance(p.flag, bool)
     assert p.p_value is not None and isinstance(p.decision, bool)
 
 
@@ -109,7 +121,7 @@ def test_settings_record_provenance(tiny_vit, images, tmp_path):
         "sha256": hashlib.sha256(good.read_bytes()).hexdigest(),
     }
     assert s["calibrator"]["name"] == "platt" and "a_" in s["calibrator"]["params"]
-    assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "entropy"
+    assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "stability"
     assert s["calibration"]["n_normal"] == 4 and s["calibration"]["n_anomalous"] == 3
 
 
@@ -198,7 +210,7 @@ def test_refuses_other_backbone_weights(tiny_vit, images, tmp_path):
 def test_flag_and_calibrator_names_are_checked(tiny_vit, images, tmp_path):
     path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
     _, s = read_model_file(path)
-    assert s["flag"]["name"] == "entropy"
+    assert s["flag"]["name"] == "stability"
     with pytest.raises(ValueError, match="unknown flag"):
         FittedDetector(tiny_vit, flag="nonsense")
     with pytest.raises(ValueError, match="cannot be saved"):

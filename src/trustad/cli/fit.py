@@ -123,7 +123,10 @@ def summary(
     else:
         lines.append(f"  calibration  {args.calibration}: {cal_what}")
         if model.calibrator_ is None and model.conformal_ is not None:
-            lines.append("               only normal images: only the conformal threshold")
+            lines.append(
+                "               only normal images: the conformal threshold (and a flag that "
+                "needs no probability), no probability"
+            )
     cal = s["calibrator"]
     if cal is not None:
         params = ", ".join(

@@ -117,7 +117,8 @@ def predict_paths(
         if good:
             tensors, _ = model.detector.runtime.preprocess(rgbs)
             feats = model.detector.features(tensors)
-            preds = model.predict_from_features(feats, [r.size for r in rgbs], maps is not None)
+            sizes = [r.size for r in rgbs]
+            preds = model.predict_from_features(feats, sizes, maps is not None, tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
                 if maps is not None:

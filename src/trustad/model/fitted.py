@@ -33,7 +33,7 @@ from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
 from .file import ModelFileError, read_model_file, write_model_file
-from .flags import DEFAULT_FLAG, flag_from_state, make_flag
+from .flags import DEFAULT_FLAG, flag_from_state, make_flag, stability_values
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
 
 DEFAULT_CALIBRATOR = "platt"
@@ -144,13 +144,15 @@ class FittedDetector:
         *,
         images: Sequence[dict] | None = None,
         normal_distances: Sequence[Tensor] | None = None,
+        stability: ArrayLike | None = None,
     ) -> FittedDetector:
         """Fit the calibrator (needs both classes), the conformal threshold (on the normal
         scores) and the flag (needs the calibrator) on calibration images' raw scores.
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
         for provenance; ``normal_distances`` (patch-distance grids of the normal images)
-        set the colour range of heatmap overlays.
+        set the colour range of heatmap overlays; ``stability``: the calibration images'
+        stability statistics (``model.flags.stability_values``), for the stability flag.
         """
         self._reset_calibration()
         s = np.asarray(scores, dtype=np.float64).ravel()
@@ -182,11 +184,14 @@ class FittedDetector:
                 warnings.simplefilter("always")
                 self.conformal_ = ConformalThreshold(self.conformal_alpha).fit(normal)
             self.notes_ += [f"conformal: {w.message}" for w in caught]
-        if self.flag is not None and self.calibrator_ is not None:
+        if self.flag is not None:
             flag = make_flag(self.flag, **self.flag_options)
-            self.flag_ = flag.fit(self._signals(s))
-        elif self.flag is not None:
-            self.notes_.append(f"no {self.flag} flag: it needs a calibrated probability")
+            signals = self._signals(s, stability)
+            missing = [k for k in flag.needs if k not in signals]
+            if missing:
+                self.notes_.append(f"no {self.flag} flag: it needs {', '.join(missing)}")
+            else:
+                self.flag_ = flag.fit(signals)
         if self.conformal_ is not None and math.isfinite(self.conformal_.threshold_):
             self.decision_rule_ = "conformal"
         elif self.calibrator_ is not None:
@@ -211,7 +216,8 @@ class FittedDetector:
         records = [image_record(img, i) for i, img in enumerate(support)]
         self.fit_features(det.features(views), records)
         if calibration:
-            feats, _ = self._features(calibration)
+            tensors, _ = det.runtime.preprocess(calibration)
+            feats = det.features(tensors)
             dists = det.distances_from_features(feats)
             scores = det.scores_from_distances(dists)
             labels = np.zeros(len(scores)) if calibration_labels is None else calibration_labels
@@ -221,22 +227,41 @@ class FittedDetector:
                 for i, (img, lab) in enumerate(zip(calibration, labels))
             ]
             normal = [d for d, lab in zip(dists, labels) if lab == 0]
-            self.calibrate(scores, labels, images=recs, normal_distances=normal)
+            self.calibrate(
+                scores,
+                labels,
+                images=recs,
+                normal_distances=normal,
+                stability=self._stability(dists, tensors),
+            )
         return self
 
     # -- predicting -------------------------------------------------------------------
-    def _signals(self, scores: np.ndarray) -> dict[str, np.ndarray]:
+    def _stability(self, dists: Sequence[Tensor], images: Sequence[Tensor]) -> np.ndarray | None:
+        """Stability statistics when the flag needs them (3 extra backbone passes each)."""
+        if self.flag is None or "stability" not in make_flag(self.flag).needs:
+            return None
+        return stability_values(self.detector, dists, images)
+
+    def _signals(
+        self, scores: np.ndarray, stability: ArrayLike | None = None
+    ) -> dict[str, np.ndarray]:
         out = {"score": scores}
+        if stability is not None:
+            out["stability"] = np.asarray(stability, dtype=np.float64)
         if self.calibrator_ is not None:
             out["probability"] = self.calibrator_.predict_proba(scores)
             out["entropy"] = entropy(out["probability"])
         return out
 
-    def assess(self, scores: ArrayLike) -> dict[str, np.ndarray | None]:
+    def assess(
+        self, scores: ArrayLike, stability: ArrayLike | None = None
+    ) -> dict[str, np.ndarray | None]:
         """Every per-image field but the map, from raw scores (arrays; None when the part
-        that gives it was not fitted)."""
+        that gives it was not fitted, or, for the stability flag, when no ``stability``
+        statistics are given)."""
         s = np.asarray(scores, dtype=np.float64).ravel()
-        sig = self._signals(s)
+        sig = self._signals(s, stability)
         p = sig.get("probability")
         decision = None
         if self.decision_rule_ == "conformal":
@@ -249,25 +274,29 @@ class FittedDetector:
             "p_value": None if self.conformal_ is None else self.conformal_.p_values(s),
             "decision": decision,
             "entropy": sig.get("entropy"),
-            "flag": None if self.flag_ is None else self.flag_.flag(sig),
+            "flag": None
+            if self.flag_ is None or any(k not in sig for k in self.flag_.needs)
+            else self.flag_.flag(sig),
         }
 
     def predict_from_features(
-        self, features: Sequence[Tensor], sizes: Sequence[tuple[int, int]], maps: bool = True
+        self,
+        features: Sequence[Tensor],
+        sizes: Sequence[tuple[int, int]],
+        maps: bool = True,
+        images: Sequence[Tensor] | None = None,
     ) -> list[Prediction]:
         """Predictions for test patch features (h, w, D); ``sizes`` are the original
-        (width, height) of the images, for their maps."""
+        (width, height) of the images, for their maps; ``images``, the preprocessed images,
+        are needed by the stability flag."""
         dists = self.detector.distances_from_features(features)
-        fields = self.assess(self.detector.scores_from_distances(dists))
+        stability = None if images is None or self.flag_ is None else self._stability(dists, images)
+        fields = self.assess(self.detector.scores_from_distances(dists), stability)
         out = []
         for i, (d, size) in enumerate(zip(dists, sizes)):
             value = {k: None if v is None else v[i].item() for k, v in fields.items()}
             out.append(Prediction(**value, anomaly_map=anomaly_map(d, size) if maps else None))
         return out
-
-    def _features(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
-        tensors, sizes = self.detector.runtime.preprocess(images)
-        return self.detector.features(tensors), sizes
 
     def predict(self, images: Sequence[ImageInput], maps: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per image (paths, PIL images or arrays)."""
@@ -276,8 +305,9 @@ class FittedDetector:
         out: list[Prediction] = []
         step = self.detector.runtime.batch_size
         for start in range(0, len(images), step):
-            feats, sizes = self._features(images[start : start + step])
-            out += self.predict_from_features(feats, sizes, maps)
+            tensors, sizes = self.detector.runtime.preprocess(images[start : start + step])
+            feats = self.detector.features(tensors)
+            out += self.predict_from_features(feats, sizes, maps, tensors)
         return out
 
     # -- saving -----------------------------------------------------------------------
