@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
 from .examples import save_examples
+from .plan import WorkUnit, run_units
 from .progress import Progress
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -103,15 +104,21 @@ class Evaluation:
         """Images passed through the backbone without gradient so far."""
         return self.runtime.images_seen
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
+        """Run the work units (category, seed) the settings ask for (those of their shard),
+        or only ``units``; returns every result row of the store."""
         s = self.s
-        categories = list_categories(s.dataset, s.root, s.categories)
+        if units is None:
+            units = run_units(s, list_categories(s.dataset, s.root, s.categories))
+        seeds_of: dict[str, list[int]] = {}
+        for category, seed in units:
+            seeds_of.setdefault(category, []).append(seed)
         t0 = time.time()
         self.failures: dict[str, str] = {}
-        for category in categories:
+        for category, seeds in seeds_of.items():
             # A broken category (unreadable image, bad mask) must not cost the others.
             try:
-                self._run_category(category)
+                self._run_category(category, seeds)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 self.failures[category] = str(exc)
                 self.log(f"[{category}] failed, skipped: {exc}")
@@ -122,11 +129,13 @@ class Evaluation:
         return self.store.rows
 
     # -- planning -----------------------------------------------------------------------
-    def _pending(self, data: CategoryData) -> list[tuple[int, str, float, list[int]]]:
+    def _pending(
+        self, data: CategoryData, seeds: Sequence[int]
+    ) -> list[tuple[int, str, float, list[int]]]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
         possible = {}
-        for seed in range(self.s.seeds):
+        for seed in seeds:
             for k in self.s.shots:
                 try:
                     select_support(data.train, k, seed)
@@ -135,7 +144,7 @@ class Evaluation:
                     possible[seed, k] = False
                     self.log(f"[{data.category}] skipped {k} shots, seed {seed}: {exc}")
         out = []
-        for seed in range(self.s.seeds):
+        for seed in seeds:
             for cond, eps in self.s.conditions():
                 shots = [
                     k
@@ -148,9 +157,9 @@ class Evaluation:
         return out
 
     # -- per category -------------------------------------------------------------------
-    def _run_category(self, category: str) -> None:
+    def _run_category(self, category: str, seeds: Sequence[int]) -> None:
         data = load_category(self.s.dataset, self.s.root, category)
-        pending = self._pending(data)
+        pending = self._pending(data, seeds)
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return

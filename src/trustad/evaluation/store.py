@@ -145,6 +145,12 @@ class ResultStore:
         data["settings"] = new  # keeps what else the file records (the weights)
         self._write_run_file(data)
 
+    def record(self, name: str, value: Any) -> None:
+        """Record ``name`` in run.json beside the settings (the protocol preset used)."""
+        data = self.run_file()
+        data[name] = value
+        self._write_run_file(data)
+
     def record_weights(self, source: dict[str, Any]) -> None:
         """Record the weights' provenance; refuse to add results computed with other weights
         (the same settings can resolve to another file, e.g. once a download succeeds)."""
