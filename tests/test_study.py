@@ -24,7 +24,7 @@ from trustad.report import write_study_report
 HELPER = Path(__file__).parent / "tiny_trustad.py"
 SRC = Path(__file__).parents[1] / "src"
 # The quick protocol, scaled to the tiny ViT and the small synthetic images.
-TINY = dict(resolution=56, probe_steps=20, batch_size=4, seeds=2, shots=[1, 2])
+TINY = dict(resolution=56, probe_steps=20, batch_size=4, seeds=2, shots=[1, 2], save_examples=0)
 TINY_ARGS = ["--resolution", "56", "--probe-steps", "20", "--batch-size", "4", "--seeds", "2"]
 
 
@@ -162,7 +162,7 @@ def test_merge_refuses_other_settings_and_weights(dataset, tmp_path):
 
 
 def test_report_files(dataset, tmp_path):
-    s = quick(dataset, categories=["brick", "grass"], seeds=2)
+    s = quick(dataset, categories=["brick", "grass"], seeds=2, save_examples=2)
     rows = Evaluation(s, make_tiny_vit(), tmp_path, progress=False).run()
     paths = write_study_report(tmp_path)
     names = sorted(p.name for p in paths["tables"])

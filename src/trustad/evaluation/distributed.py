@@ -145,12 +145,12 @@ class RayEvaluation:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, logging_level="ERROR")
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        task = ray.remote(run_unit).options(
+        task = ray.remote(
             num_cpus=self.cpus_per_task,
             num_gpus=gpus,
             max_retries=self.max_retries,
-            max_calls=0,  # keep the worker (and its cached backbone) between tasks
-        )
+            max_calls=0,  # keep the worker (and its cached backbone) between GPU tasks too
+        )(run_unit)
         results, scores = folder_rows(self.store.out)
         flat_scores = [r for rows in scores.values() for r in rows]
         refs = {}

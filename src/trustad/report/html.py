@@ -45,13 +45,13 @@ SECTIONS = (
 )
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def _table_html(table: Table) -> str:
@@ -201,12 +201,12 @@ def write_study_report(out: str | Path) -> dict[str, Any]:
     rows = read_results(out)
     run_path = out / "run.json"
     run = json.loads(run_path.read_text()) if run_path.exists() else {}
-    figures = study_figures(out)
-    paths = []
-    for name, fig in figures.items():
+    embedded, paths = {}, []
+    for name, fig in study_figures(out).items():
+        png = _png(fig)  # drawn once: written beside the page and embedded in it
         paths.append(out / f"{name}.png")
-        fig.savefig(paths[-1], dpi=90)
-    embedded = {name: _png(fig) for name, fig in figures.items()}
+        paths[-1].write_bytes(png)
+        embedded[name] = base64.b64encode(png).decode("ascii")
     plt.close("all")
     page = out / "report.html"
     page.write_text(render(out, rows, run, embedded))
