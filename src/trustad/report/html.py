@@ -21,7 +21,7 @@ from .tables import Table, all_tables, read_results, write_report, write_tables
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
-th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; }
+th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; white-space: nowrap; }
 th { background: #eee; } td:first-child, td:nth-child(2) { text-align: left; }
 section { margin-bottom: 2.5em; } img { max-width: 100%; border: 1px solid #ddd; }
 .missing { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 1em; }
