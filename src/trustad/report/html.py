@@ -26,6 +26,7 @@ th { background: #eee; } td:first-child, td:nth-child(2) { text-align: left; }
 section { margin-bottom: 2.5em; } img { max-width: 100%; border: 1px solid #ddd; }
 .missing { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 1em; }
 .complete { background: #e6f4e6; border: 1px solid #8c8; padding: 0.5em 1em; }
+table.kv td { text-align: left; font-family: monospace; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 """
 
@@ -60,6 +61,24 @@ def _table_html(table: Table) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.body
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _key_values(d: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>"
+        for k, v in d.items()
+    )
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _settings_html(run: dict[str, Any]) -> str:
+    parts = []
+    if run.get("protocol"):
+        parts.append(f"<p>Protocol preset: <b>{html.escape(run['protocol'])}</b></p>")
+    parts.append("<h3>Weights</h3>")
+    parts.append(_key_values(run["weights"]) if run.get("weights") else "<p>not recorded</p>")
+    parts.append("<h3>Settings (run.json)</h3>" + _key_values(run.get("settings", {})))
+    return "".join(parts)
 
 
 def completeness(out: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,19 +182,7 @@ def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: 
             "Per category",
             "".join(f"<h3>{html.escape(t.title)}</h3>{_table_html(t)}" for t in per_cat),
         ),
-        "settings": (
-            "Settings and weights",
-            "<h3>Weights</h3><pre>"
-            + html.escape(json.dumps(run.get("weights", "not recorded"), indent=2))
-            + "</pre><h3>Settings (run.json)</h3><pre>"
-            + html.escape(json.dumps(run.get("settings", {}), indent=2))
-            + "</pre>"
-            + (
-                f"<p>Protocol preset: {html.escape(run['protocol'])}</p>"
-                if run.get("protocol")
-                else ""
-            ),
-        ),  # fmt: skip
+        "settings": ("Settings and weights", _settings_html(run)),
     }
     nav = " · ".join(f'<a href="#{s}">{html.escape(body[s][0])}</a>' for s in SECTIONS)
     sections = "".join(
