@@ -31,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="run the evaluation protocol (shots x seeds x attacks) on a dataset",
         description="Runs AnomalyDINO over categories x shots x seeds x conditions, writes "
-        "results.csv, scores.csv, run.json and report.md into --out, and prints a summary. "
-        "Rerunning with the same --out resumes.",
+        "results.csv, scores.csv, run.json, report.html, report.md and tables/ into --out, "
+        "and prints a summary. Rerunning with the same --out resumes. --protocol paper runs "
+        "the paper's study (PROTOCOL.md); options given beside it override it.",
     )
     p.add_argument("--out", required=True, help="output folder")
     run_settings.add_arguments(p)
