@@ -119,6 +119,7 @@ def measure(commands: list[list[str]]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--real", action="store_true", help="DINOv2 ViT-S/14 weights")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each mode (default 2)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="single", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -142,25 +143,35 @@ def main() -> None:
     print(f"quick protocol on {root}: shots {s.shots}, {s.seeds} seed, {s.resolution} px, "
           f"{'DINOv2 ViT-S/14' if args.real else 'tiny random ViT'}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    results = {}
-    wall, peak = measure([[*base, "--out", str(tmp / "single")]])
-    results["1 process"] = (wall, peak)
-    wall, peak = measure(
-        [[*base, "--out", str(tmp / f"shard{i}"), "--shard", f"{i}/2", "--threads", "1"]
-         for i in (1, 2)]
-    )  # fmt: skip
-    t0 = time.time()
-    merge_runs([tmp / "shard1", tmp / "shard2"], tmp / "merged")
-    results["--shard 1/2 + 2/2, merged"] = (wall + time.time() - t0, peak)
-    wall, peak = measure([[*base, "--mode", "ray", "--out", str(tmp / "ray")]])
-    results["Ray, 2 local workers"] = (wall, peak)
-    rows = {k: len(read_results(tmp / f)) for k, f in
-            (("single", "single"), ("merged", "merged"), ("ray", "ray"))}  # fmt: skip
+    modes = {
+        "1 process": lambda r: [[*base, "--out", str(tmp / f"single{r}")]],
+        "--shard 1/2 + 2/2 (1 thread each), merged": lambda r: [
+            [*base, "--out", str(tmp / f"shard{i}_{r}"), "--shard", f"{i}/2", "--threads", "1"]
+            for i in (1, 2)
+        ],
+        "Ray, 2 local workers": lambda r: [[*base, "--mode", "ray", "--out", str(tmp / f"ray{r}")]],
+    }
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in modes}
+    for r in range(args.repeat):  # interleaved, so that a change of load hits every mode
+        for name, commands in modes.items():
+            wall, peak = measure(commands(r))
+            if name.startswith("--shard"):
+                t0 = time.time()
+                merge_runs([tmp / f"shard1_{r}", tmp / f"shard2_{r}"], tmp / f"merged{r}")
+                wall += time.time() - t0
+            results[name].append((wall, peak))
+            print(f"{name}, repeat {r}: {wall:.1f} s, {peak / 2**20:.0f} MiB, load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    rows = {f: len(read_results(tmp / f)) for f in ("single0", "merged0", "ray0")}
     print(f"result rows: {rows}")
-    print("| run | wall s | peak memory MiB |\n|---|---|---|")
-    for name, (wall, peak) in results.items():
-        print(f"| {name} | {wall:.1f} | {peak / 2**20:.0f} |")
-    print(json.dumps({k: {"wall_s": w, "peak_bytes": p} for k, (w, p) in results.items()}))
+    print("| run | wall s (best of repeats) | all repeats | peak memory MiB |\n|---|---|---|---|")
+    for name, runs in results.items():
+        walls = ", ".join(f"{w:.1f}" for w, _ in runs)
+        peak = max(p for _, p in runs)
+        print(f"| {name} | {min(w for w, _ in runs):.1f} | {walls} | {peak / 2**20:.0f} |")
+    print(
+        json.dumps({k: [{"wall_s": w, "peak_bytes": p} for w, p in v] for k, v in results.items()})
+    )
 
 
 if __name__ == "__main__":
