@@ -144,7 +144,10 @@ def main() -> None:
           f"{'DINOv2 ViT-S/14' if args.real else 'tiny random ViT'}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     modes = {
-        "1 process": lambda r: [[*base, "--out", str(tmp / f"single{r}")]],
+        "1 process (2 threads)": lambda r: [[*base, "--out", str(tmp / f"single{r}")]],
+        "1 process (1 thread)": lambda r: [
+            [*base, "--out", str(tmp / f"single1t{r}"), "--threads", "1"]
+        ],
         "--shard 1/2 + 2/2 (1 thread each), merged": lambda r: [
             [*base, "--out", str(tmp / f"shard{i}_{r}"), "--shard", f"{i}/2", "--threads", "1"]
             for i in (1, 2)

@@ -26,6 +26,7 @@ th { background: #eee; } td:first-child, td:nth-child(2) { text-align: left; }
 section { margin-bottom: 2.5em; } img { max-width: 100%; border: 1px solid #ddd; }
 .missing { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 1em; }
 .complete { background: #e6f4e6; border: 1px solid #8c8; padding: 0.5em 1em; }
+.wide { overflow-x: auto; }
 table.kv td { text-align: left; font-family: monospace; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 """
@@ -60,7 +61,10 @@ def _table_html(table: Table) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.body
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        "</table></div>"
+    )
 
 
 def _key_values(d: dict[str, Any]) -> str:

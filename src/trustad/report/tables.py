@@ -161,15 +161,16 @@ def calibration_rows(rows: Sequence[dict[str, Any]], per_category: bool = False)
 
 
 def calibrator_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> Table:
-    """ECE and NLL of every calibrator on clean evaluation data."""
+    """Every calibrator on clean evaluation data: one row per calibrator."""
     names = [c[len("ece_") :] for c in rows[0] if c.startswith("ece_")] if rows else []
-    metrics = ("ece", "nll")
+    metrics = ("ece", "classwise_ece", "nll", "brier")
     stats = {(m, n): aggregate(rows, f"{m}_{n}", per_category) for m in metrics for n in names}
     body = []
     for group in _groups(rows, per_category):
         key = (*group, CLEAN, 0.0)
-        body.append([*map(str, group)] + [_cell(stats[m, n], key, 1.0, 4) for (m, n) in stats])
-    header = [*_head(per_category)] + [f"{m.upper()} {n}" for (m, n) in stats]
+        for n in names:
+            body.append([*map(str, group), n] + [_cell(stats[m, n], key, 1.0, 4) for m in metrics])
+    header = [*_head(per_category), "calibrator", "ECE", "class-wise ECE", "NLL", "Brier"]
     title = "Calibrators compared on clean evaluation data (mean ± std over seeds)"
     return Table(_name("calibrators", per_category), title, header, body)
 
