@@ -53,8 +53,8 @@ def num(v: Any) -> float:
 def aggregate(
     rows: Sequence[dict[str, Any]], column: str, per_category: bool = False
 ) -> dict[tuple, tuple[float, float]]:
-    """(dataset, shots, condition, eps) -> (mean, std over seeds) of the per-seed mean over
-    categories of ``column``; NaNs (undefined metrics) are left out of the category mean.
+    """(dataset, shots, condition, eps) -> (mean, std over seeds; NaN from one seed) of the
+    per-seed mean over categories of ``column``; NaNs (undefined metrics) are left out of the category mean.
     ``per_category``: (dataset, category, shots, condition, eps) -> over seeds only."""
     per_seed: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -67,7 +67,8 @@ def aggregate(
     out = {}
     for key, seeds in per_seed.items():
         means = [float(np.mean(v)) for v in seeds.values()]
-        out[key] = (float(np.mean(means)), float(np.std(means)))
+        # One seed has no spread to report: NaN, shown as the mean alone.
+        out[key] = (float(np.mean(means)), float(np.std(means)) if len(means) > 1 else math.nan)
     return out
 
 
@@ -87,10 +88,12 @@ def condition_label(cond: str, eps: float) -> str:
 
 
 def _cell(stats: dict, key: tuple, scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std`` over seeds (the std only when there are several seeds' worth)."""
+    """``mean ± std`` over seeds (the mean alone from a single seed)."""
     if key not in stats or math.isnan(stats[key][0]):
         return "-"
     mean, std = stats[key]
+    if math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f}{PM}{std * scale:.{digits}f}"
 
 
