@@ -192,7 +192,8 @@ class EvaluationSettings:
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_examples: int = option(
         0,
-        "save N adversarial images and maps per category and attack",
+        "save N test images (from 2 on, one of them normal) with their maps per category and "
+        "condition, at the first shots and seed 0 (the report's Figure 1b)",
         group="output",
         metavar="N",
     )
