@@ -18,7 +18,7 @@ from conftest import make_tiny_vit
 from trustad.cli import main as cli_main
 from trustad.evaluation import Evaluation, EvaluationSettings
 from trustad.evaluation.merge import merge_runs
-from trustad.evaluation.plan import all_units, shard_units
+from trustad.evaluation.units import all_units, shard_units
 from trustad.report import write_study_report
 
 HELPER = Path(__file__).parent / "tiny_trustad.py"

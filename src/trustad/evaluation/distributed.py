@@ -23,10 +23,10 @@ import torch
 
 from ..data import list_categories
 from .merge import copy_examples, folder_rows
-from .plan import WorkUnit, run_units, training_images, unit_keys
 from .progress import Progress
 from .settings import EvaluationSettings
 from .store import KEY_COLUMNS, ResultStore, row_key
+from .units import WorkUnit, run_units, training_images, unit_keys
 
 BackboneFactory = Callable[..., torch.nn.Module]  # called as factory(device=...)
 _BACKBONES: dict[str, torch.nn.Module] = {}  # per worker process: the last backbone loaded

@@ -29,7 +29,6 @@ from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO, anomaly_map
 from .examples import save_examples
-from .plan import WorkUnit, run_units
 from .progress import Progress
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -44,6 +43,7 @@ from .rows import (
 )
 from .settings import CLEAN, EvaluationSettings
 from .store import ResultStore
+from .units import WorkUnit, run_units
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]

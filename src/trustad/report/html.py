@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.plan import expected_keys
 from ..evaluation.settings import EvaluationSettings
 from ..evaluation.store import row_key
+from ..evaluation.units import expected_keys
 from .figures import study_figures
 from .tables import Table, all_tables, read_results, write_report, write_tables
 
