@@ -3,7 +3,8 @@ results.csv and scores.csv, matched by unit key (and image for scores).
 
     python scripts/compare_runs.py RUN_A RUN_B
 
-Exits 1 when a unit is missing on one side or a text column differs.
+Exits 1 when a unit is missing on one side or a text column differs. The seconds columns
+are left out: they measure the machine, not the results.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import csv
 import math
 import sys
 from pathlib import Path
+
+from trustad.evaluation.store import TIMING_COLUMNS
 
 KEY = ("dataset", "category", "shots", "seed", "condition", "eps")
 
@@ -37,7 +40,11 @@ def compare(a: Path, b: Path, name: str, extra: tuple[str, ...]) -> bool:
             f"{len(rb.keys() - ra.keys())}"
         )
     shared = ra.keys() & rb.keys()
-    columns = [c for c in next(iter(ra.values()), {}) if c in next(iter(rb.values()), {})]
+    columns = [
+        c
+        for c in next(iter(ra.values()), {})
+        if c in next(iter(rb.values()), {}) and c not in TIMING_COLUMNS
+    ]
     worst: dict[str, float] = {}
     for key in shared:
         for c in columns:

@@ -70,3 +70,17 @@ def real_backbone(converted):
     from trustad.backbone import load_backbone
 
     return load_backbone("dinov2_vits14", str(converted.path))
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"),
+        ),
+    ]
+)
+def torch_device(request) -> torch.device:
+    """Each device a test must agree on: the CPU, and CUDA where there is one."""
+    return torch.device(request.param)

@@ -14,6 +14,7 @@ from trustad.data import (
     MVTEC_CATEGORIES,
     VISA_CATEGORIES,
     CategoryDefaults,
+    MissingMaskError,
     Sample,
     category_defaults,
     image_size,
@@ -130,6 +131,7 @@ def test_folder_without_ground_truth(tmp_path: Path) -> None:
     data = load_category("folder", tmp_path, "parts")
     dent = [s for s in data.test if s.defect == "dent"][0]
     assert dent.label == 1 and dent.mask_path is None and not data.has_masks
+    assert data.missing_masks == (dent,)
     with pytest.raises(ValueError) as err:
         load_mask(dent, (W, H))
     assert str(dent.path) in str(err.value)
@@ -139,11 +141,14 @@ def test_partial_masks(tmp_path: Path) -> None:
     cat = make_mvtec_category(tmp_path / "bottle")
     (cat / "ground_truth" / "crack" / "001_mask.png").unlink()
     data = load_category("mvtec", tmp_path, "bottle")  # loading does not fail
-    assert not data.has_masks
+    assert data.has_masks  # the other anomalous images keep their pixel metrics
     missing = [s for s in data.test if s.image_id == "test/crack/001.PNG"][0]
-    assert missing.mask_path is None
-    with pytest.raises(ValueError, match="no mask"):
+    assert missing.mask_path is None and not missing.mask_available
+    assert data.missing_masks == (missing,)
+    assert all(s.mask_available for s in data.test if s is not missing)
+    with pytest.raises(MissingMaskError, match="no mask") as err:
         load_mask(missing, (W, H))
+    assert str(missing.path) in str(err.value) and isinstance(err.value, ValueError)
 
 
 def test_mask_size_mismatch(tmp_path: Path) -> None:

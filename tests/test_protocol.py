@@ -180,7 +180,8 @@ def test_bad_settings_are_rejected(dataset):
         _settings(dataset, resolution=50)
 
 
-def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
+def test_an_unreadable_image_is_left_out_and_said(dataset, tmp_path):
+    import json
     import shutil
 
     root = tmp_path / "data"
@@ -190,9 +191,43 @@ def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
     settings = _settings(root, seeds=1, shots=[1])
     run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
     rows = run.run()
+    gravel = next(r for r in rows if r["category"] == "gravel")
+    assert gravel["n_images"] == 9
+    assert "1 unreadable test image(s) left out" in gravel["note"]
+    assert run.failures == {}
+    assert len(run.skipped) == 1 and str(broken) in run.skipped[0]
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())["skipped"]
+    assert recorded == run.skipped
+
+
+def test_a_broken_category_does_not_cost_the_others(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    for image in (root / "gravel" / "test").rglob("*.png"):
+        image.write_bytes(b"not a png")
+    settings = _settings(root, seeds=1, shots=[1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    rows = run.run()
     assert {r["category"] for r in rows} == {"brick"}
     assert list(run.failures) == ["gravel"]
-    assert str(broken) in run.failures["gravel"]
+    assert "none of its 10 test images is readable" in run.failures["gravel"]
+
+
+def test_a_missing_mask_costs_only_that_image_its_pixel_metrics(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    masks = sorted((root / "brick" / "ground_truth").rglob("*.png"))
+    masks[0].unlink()
+    settings = _settings(root, categories=["brick"], seeds=1, shots=[1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    row = run.run()[0]
+    assert row["pixel_auroc"] == row["pixel_auroc"]  # a number, not NaN
+    assert "pixel metrics without 1 anomalous image(s)" in row["note"]
+    assert len(run.skipped) == 1 and "no mask file" in run.skipped[0]
 
 
 def test_without_masks_the_probe_uses_image_labels(dataset, tmp_path):
@@ -325,3 +360,38 @@ def test_probe_on_a_missing_calibration_split_says_why(dataset, tmp_path):
     rows = run.run()
     assert [r["condition"] for r in rows] == ["clean"]  # saved before the attack failed
     assert "calibration split" in run.failures["brick"]
+
+
+def test_a_torn_results_row_is_computed_again(dataset, tmp_path):
+    settings = _settings(dataset, categories=["brick"], seeds=1, shots=[1, 2])
+    Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    whole = _read(tmp_path / "results.csv")
+    text = (tmp_path / "results.csv").read_text()
+    (tmp_path / "results.csv").write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+    run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
+    assert len(run.store.rows) == len(whole) - 1  # the torn row no longer counts as done
+    run.run()
+    again = _read(tmp_path / "results.csv")
+    assert len(again) == len(whole)
+    key = ("shots", "condition", "auroc")
+    assert sorted(tuple(r[k] for k in key) for r in again) == sorted(
+        tuple(r[k] for k in key) for r in whole
+    )
+
+
+def test_attack_flags_get_their_columns(dataset, tmp_path):
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["noise"],
+        calibration_fraction=0.4,
+    )
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    attacked = next(r for r in rows if r["condition"] == "noise")
+    for name in ("stability", "median", "exceed", "feature_norm", "combined"):
+        assert 0.0 <= attacked[f"flag_auroc_{name}"] <= 1.0
+        assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
+    clean = next(r for r in rows if r["condition"] == "clean")
+    assert "flag_auroc_stability" not in clean

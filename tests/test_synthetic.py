@@ -17,7 +17,7 @@ from trustad.data import (
     make_synthetic_dataset,
     synthetic_categories,
 )
-from trustad.data.synthetic import CATEGORY_DEFECTS, DEFECT_KINDS, add_defect, clean_image
+from trustad.data.defects import CATEGORY_DEFECTS, DEFECT_KINDS, add_defect, clean_image
 
 SMALL = dict(n_train=2, n_test_good=2, n_test_defect=6, size=64)
 

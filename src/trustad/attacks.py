@@ -20,7 +20,7 @@ autocast: faster on CPU, but the gradient is approximate (see benchmarks/attacks
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,8 @@ from .backbone.runtime import autocast_context
 ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd")
 DEFAULT_EPS = 8 / 255
 PROBE_TRAIN_ON = ("test", "calibration")
+# Image pairs stacked per call of mean_linf_psnr on an accelerator.
+PAIR_BATCH = 64
 
 Objective = Callable[[Tensor], Tensor]
 
@@ -154,9 +156,11 @@ def pgd(
     random_start: bool = True,
     generator: torch.Generator | None = None,
     autocast: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """L-infinity PGD: optional uniform start in the eps ball, then ``steps`` signed steps,
-    each followed by projection onto the eps ball around x and onto [0, 1]."""
+    each followed by projection onto the eps ball around x and onto [0, 1]. ``on_step`` is
+    called after each step (progress); it cannot change the result."""
     x = x.detach()
     step = default_step_size(eps, steps) if step_size is None else step_size
     lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
@@ -167,6 +171,8 @@ def pgd(
         grad = input_gradient(x_adv, loss_fn, autocast)
         # min/max rather than clamp(delta): keeps a 1-step, no-start PGD bit-equal to FGSM.
         x_adv = torch.minimum(torch.maximum(x_adv + step * grad.sign(), lower), upper)
+        if on_step is not None:
+            on_step()
     return x_adv.detach()
 
 
@@ -194,6 +200,34 @@ def psnr(x: Tensor, x_adv: Tensor) -> Tensor:
     return (-10.0 * torch.log10(mse)).to(x.dtype if x.is_floating_point() else torch.float64)
 
 
+def mean_linf_psnr(clean: Sequence[Tensor], adv: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean L-infinity distance and mean PSNR over image pairs (each (C, H, W)), as 0-d
+    float64 tensors on the first image's device, without synchronising with the host:
+    images of one size are measured in batches of ``PAIR_BATCH`` (one by one on the CPU)."""
+    if len(clean) != len(adv):
+        raise ValueError(f"{len(clean)} clean images but {len(adv)} adversarial ones")
+    if len(clean) == 0:
+        raise ValueError("no image pairs")
+    device = clean[0].device
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (a, b) in enumerate(zip(clean, adv)):
+        if a.shape != b.shape:
+            raise ValueError(f"pair {i}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+        by_shape.setdefault(tuple(a.shape), []).append(i)
+    total_linf = torch.zeros((), dtype=torch.float64, device=device)
+    total_psnr = torch.zeros((), dtype=torch.float64, device=device)
+    # On the CPU stacking only adds copies; elsewhere it saves kernel launches.
+    chunk = 1 if device.type == "cpu" else PAIR_BATCH
+    for same_shape in by_shape.values():
+        for start in range(0, len(same_shape), chunk):
+            idx = same_shape[start : start + chunk]
+            x = torch.stack([clean[i].to(device) for i in idx])
+            x_adv = torch.stack([adv[i].to(device) for i in idx])
+            total_linf += linf(x, x_adv).double().sum()
+            total_psnr += psnr(x, x_adv).double().sum()
+    return total_linf / len(clean), total_psnr / len(clean)
+
+
 def _probe_init(probe: nn.Linear, generator: torch.Generator) -> None:
     # nn.Linear's default init (uniform +-1/sqrt(fan_in)), but from our own generator.
     bound = 1.0 / math.sqrt(probe.in_features)
@@ -203,14 +237,18 @@ def _probe_init(probe: nn.Linear, generator: torch.Generator) -> None:
 
 
 def train_probe(
-    features: Tensor, patch_labels: Tensor, settings: ProbeSettings = ProbeSettings()
+    features: Tensor,
+    patch_labels: Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[nn.Linear, list[float]]:
     """Train the linear probe g: R^D -> R on frozen patch features.
 
     ``features`` (n, h, w, D), ``patch_labels`` (n, h, w) in {0, 1}. Full-batch Adam on the
     mean BCE-with-logits over all patches, seeded initialisation. Returns the frozen probe
     (on the features' device and dtype) and the loss history: the loss before each of the
-    ``steps`` updates, then the final loss (``steps + 1`` values).
+    ``steps`` updates, then the final loss (``steps + 1`` values). ``on_step`` is called
+    after each update (progress).
     """
     if features.ndim != 4 or patch_labels.shape != features.shape[:3]:
         raise ValueError(
@@ -232,6 +270,8 @@ def train_probe(
             loss.backward()
             optimiser.step()
             history.append(loss.item())
+            if on_step is not None:
+                on_step()
     with torch.no_grad():
         history.append(F.binary_cross_entropy_with_logits(probe(feats).squeeze(-1), target).item())
     optimiser.zero_grad(set_to_none=True)
@@ -279,8 +319,10 @@ def run_attack(
     objective: Objective | None,
     generator: torch.Generator | None,
     autocast: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
-    """Apply the attack named by ``settings`` to the batch x (detached result).
+    """Apply the attack named by ``settings`` to the batch x (detached result); ``on_step``
+    is called after each gradient step (progress).
 
     ``objective`` is the loss to maximise (``probe_objective`` or ``score_loss``), needed by
     the gradient attacks only; ``generator`` seeds the noise control and PGD's random start.
@@ -297,6 +339,8 @@ def run_attack(
         x_adv = sign_noise(x, settings.eps, generator)
     elif name in ("fgsm", "score-fgsm"):
         x_adv = fgsm(x, objective, settings.eps, autocast=autocast)
+        if on_step is not None:
+            on_step()
     else:  # pgd, score-pgd
         x_adv = pgd(
             x,
@@ -307,6 +351,7 @@ def run_attack(
             random_start=settings.random_start,
             generator=generator,
             autocast=autocast,
+            on_step=on_step,
         )
     if settings.round_8bit:
         x_adv = round_to_8bit(x_adv)

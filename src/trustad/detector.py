@@ -18,10 +18,10 @@ from torch import Tensor
 
 from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, rotate_rgb8
 from .backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
+from .maps import MAP_SIGMA, anomaly_maps_torch
 
 ROTATION_ANGLES = (0, 45, 90, 135, 180, 225, 270, 315)
 TOP_FRACTION = 0.01
-MAP_SIGMA = 4.0
 # Background masking (PROTOCOL section 2): threshold on the first principal component, the
 # central part of the grid that must be kept, and the fraction of it that must survive.
 MASK_THRESHOLD = 10.0
@@ -128,11 +128,9 @@ def background_mask(features: Tensor, morphology: str = "grid") -> Tensor:
 
 
 def anomaly_map(distances: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Patch-score grid (h, w) -> map at ``size`` = (width, height): bilinear, then a
-    Gaussian blur with sigma 4."""
-    grid = distances.detach().float().cpu()[None, None]
-    up = F.interpolate(grid, size=(size[1], size[0]), mode="bilinear", align_corners=False)
-    return ndimage.gaussian_filter(up[0, 0].numpy(), sigma=MAP_SIGMA)
+    """Patch-score grid (h, w) -> float32 map at ``size`` = (width, height): bilinear, then
+    a Gaussian blur with sigma 4 (``maps.anomaly_maps_torch`` batches this on any device)."""
+    return anomaly_maps_torch(distances[None], size, MAP_SIGMA)[0].cpu().numpy()
 
 
 class AnomalyDINO:

@@ -8,73 +8,30 @@ not done here: it lives inside the backbone.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
+from ..images import array_to_uint8, read_rgb8, to_rgb8
 from .dinov2 import PATCH_SIZE
+from .rotate import rotate_rgb8_torch
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
 
 
-def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale (never clip) an integer or float array to 8 bits."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        # 16-bit types span 0..65535; wider integer types are read by their largest value.
-        peak = int(arr.max(initial=0))
-        if arr.dtype.itemsize == 2 or 255 < peak <= 65535:
-            top = 65535.0
-        elif peak <= 255:
-            top = 255.0
-        else:
-            top = float(np.iinfo(arr.dtype).max)
-        return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
-    arr = arr.astype(np.float64)
-    if arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
-        raise ValueError(
-            f"float image values must lie in [0, 1], got range [{arr.min()}, {arr.max()}]"
-        )
-    return np.round(arr * 255.0).astype(np.uint8)
-
-
-def _pil_to_rgb8(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
-        if img.mode.startswith("I;16"):
-            arr = arr.astype(np.uint16)
-        elif img.mode == "I":
-            arr = arr.astype(np.int64)
-            if arr.min(initial=0) < 0:
-                raise ValueError("32-bit integer images with negative values are not supported")
-            arr = arr.astype(np.uint32) if arr.max(initial=0) > 65535 else arr.astype(np.uint16)
-        img = Image.fromarray(_array_to_uint8(arr))
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
 def load_rgb8(image: ImageInput) -> Image.Image:
-    """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled)."""
+    """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled).
+
+    A file (or its bytes) is read by ``trustad.images.read_rgb8`` (EXIF orientation applied, size limits
+    checked, every failure an ``ImageReadError``); an image already in memory is taken as
+    it is."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb8(image)
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _pil_to_rgb8(img)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image file {path}: {exc}") from exc
+        return to_rgb8(image)
+    if isinstance(image, (str, os.PathLike, bytes)):
+        return read_rgb8(image)
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
@@ -88,7 +45,7 @@ def load_rgb8(image: ImageInput) -> Image.Image:
             arr = arr[..., :3]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
             raise ValueError(f"expected an image array (H, W), (H, W, 1|3|4), got {arr.shape}")
-        arr = _array_to_uint8(arr)
+        arr = array_to_uint8(arr)
         img = Image.fromarray(arr)
         return img.convert("RGB")
     raise TypeError(f"unsupported image input of type {type(image).__name__}")
@@ -143,45 +100,11 @@ def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
 
     Source coordinates are computed in OpenCV 4's fixed point (1/1024 steps, then 1/32 of a
     pixel), which the reference code ran on; results agree with OpenCV 4 to within one grey
-    level. (OpenCV 5 computes them in floating point and differs by a few levels.)
+    level. (OpenCV 5 computes them in floating point and differs by a few levels.) The work
+    is ``rotate.rotate_rgb8_torch``, which rotates batches on any device.
     """
     if angle % 360 == 0:
         return img.copy()
-    src = np.asarray(img, dtype=np.float32)
-    h, w = src.shape[:2]
-    cx, cy = w / 2.0, h / 2.0
-    a = np.deg2rad(angle)
-    cos, sin = np.cos(a), np.sin(a)
-    # OpenCV's getRotationMatrix2D maps source to destination; warpAffine inverts it to
-    # sample, with the same closed form as below.
-    m = [cos, sin, (1 - cos) * cx - sin * cy, -sin, cos, sin * cx + (1 - cos) * cy]
-    d = 1.0 / (m[0] * m[4] - m[1] * m[3])
-    i00, i01, i10, i11 = m[4] * d, -m[1] * d, -m[3] * d, m[0] * d
-    i02, i12 = -i00 * m[2] - i01 * m[5], -i10 * m[2] - i11 * m[5]
-    # warpAffine's fixed point: the row and column terms are each rounded to 1/1024, summed
-    # with half a 1/32 step, then truncated to 1/32 of a pixel.
-    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-    col_x, col_y = np.rint(i00 * xs * 1024), np.rint(i10 * xs * 1024)
-    row_x, row_y = np.rint((i01 * ys + i02) * 1024) + 16, np.rint((i11 * ys + i12) * 1024) + 16
-    fixed_x = (row_x[:, None] + col_x[None, :]).astype(np.int64) >> 5
-    fixed_y = (row_y[:, None] + col_y[None, :]).astype(np.int64) >> 5
-    sx, sy = fixed_x / 32.0, fixed_y / 32.0
-    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-
-    def reflect101(i: np.ndarray, n: int) -> np.ndarray:
-        if n == 1:
-            return np.zeros_like(i)
-        period = 2 * n - 2
-        i = np.mod(i, period)
-        return np.where(i >= n, period - i, i)
-
-    xa, xb = reflect101(x0, w), reflect101(x0 + 1, w)
-    ya, yb = reflect101(y0, h), reflect101(y0 + 1, h)
-    out = (
-        src[ya, xa] * (1 - fx) * (1 - fy)
-        + src[ya, xb] * fx * (1 - fy)
-        + src[yb, xa] * (1 - fx) * fy
-        + src[yb, xb] * fx * fy
-    )
-    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    chw = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    out = rotate_rgb8_torch(chw, [angle])[0]
+    return Image.fromarray(out.permute(1, 2, 0).numpy())

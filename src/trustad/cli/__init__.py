@@ -10,7 +10,7 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, weights
+    from . import demo, evaluate, fit, predict, serve, weights
 
     parser = argparse.ArgumentParser(
         prog="trustad",
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    fit.add_parser(sub)
+    predict.add_parser(sub)
+    serve.add_parser(sub)
     weights.add_parser(sub)
     return parser
 
@@ -34,9 +37,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed units are saved and a rerun resumes", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"trustad {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Errors a user can cause (bad values, files, folders, devices): one line, status 2.
+        # The run log, when there is one, holds the traceback.
+        print(f"trustad {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from ..evaluation.runlog import crash_log
+
+        print(
+            f"trustad {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)}; "
+            f"the traceback is in {crash_log(exc)}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line, nothing cut off."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

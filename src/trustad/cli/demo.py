@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..data import make_synthetic_dataset
-    from .evaluate import execute
+    from .evaluate import execute, left_out
 
     out = Path(args.out)
     data_root = out / "data"
@@ -49,9 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
             n_test_defect=args.test_defect,
             seed=0,
         )
-    execute(
+    run = execute(
         settings, out / "results", args.device, args.quiet, args.executor, args.address, protocol
     )
     print(f"anomaly-map pictures: {out / 'results' / 'examples'}")
     print(f"demo finished in {time.time() - t0:.0f} s")
-    return 0
+    return left_out(run)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..evaluation import Evaluation
 from ..evaluation import settings as run_settings
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """Options that say where and how loudly to run; they change no result."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="nothing on the terminal but the closing summary (run.log keeps everything)",
+    )
     p.add_argument(
         "--executor",
         default="local",
@@ -38,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     run_settings.add_arguments(p)
     add_runtime_options(p)
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="list the units to do and those done in --out, count the backbone passes and "
+        "estimate the time from a short timing of the backbone; starts and writes nothing",
+    )
     p.set_defaults(func=run_evaluate)
 
     r = sub.add_parser(
@@ -70,48 +85,107 @@ def execute(
     executor: str = "local",
     address: str | None = None,
     protocol: str | None = None,
-) -> list[dict]:
-    """Run the grid (in this process or as Ray tasks), write the report, print the summary."""
+) -> Evaluation:
+    """Check the output folder and the device, load the backbone, run the grid, write the
+    report, print the tables and the closing summary. Everything shown is also written to
+    ``out``/run.log. ``executor`` "ray" runs the work units as Ray tasks instead."""
+    import time
+
+    from ..backbone.runtime import resolve_device
+    from ..evaluation.progress import LOGGER, Progress
+    from ..evaluation.runlog import RunSummary, always, check_output_folder, run_logging
     from ..report import summary, write_study_report
 
-    if executor == "ray":
-        from ..evaluation.distributed import RayEvaluation
+    check_output_folder(out)  # before anything is loaded or written
+    target = resolve_device(device)
+    t0 = time.time()
+    with run_logging(out, quiet) as log_path:
+        progress = Progress(not quiet)
+        if executor == "ray":
+            from ..evaluation.distributed import RayEvaluation
 
-        run = RayEvaluation(settings, out, device=device, address=address, progress=not quiet)
-    else:
-        from ..backbone import load_backbone
-        from ..backbone.runtime import resolve_device
-        from ..evaluation import Evaluation
+            run = RayEvaluation(settings, out, device=device, address=address, progress=progress)
+        else:
+            run = Evaluation(settings, _load_backbone(settings, target), out, progress=progress)
+        if protocol:
+            run.store.record("protocol", protocol)
+        rows = run.run()
+        paths = None
+        if rows:
+            with progress.bar("report and figures", 1, "report") as bar:
+                paths = write_study_report(out)
+                bar.update()
+        table = summary(rows)
+        LOGGER.debug("results:\n" + table)
+        print(table)
+        print(
+            f"\nresults: {Path(out) / 'results.csv'}  scores: {Path(out) / 'scores.csv'}  "
+            f"log: {log_path}"
+        )
+        if paths:
+            print(f"report: {paths['html']} (also {paths['markdown'].name}, tables/*.csv|tex)")
+        closing = RunSummary(
+            run.computed,
+            run.already_done,
+            [*run.impossible, *run.skipped],
+            run.failures,
+            time.time() - t0,
+        )
+        always(closing.text(), quiet)  # never hidden by --quiet
+    return run
 
-        target = resolve_device(device)
-        backbone = load_backbone(settings.backbone, settings.weights, device=target)
-        source = backbone.weights_source
-        print(
-            f"device: {target}; weights: {source.label}, {source.path} "
-            f"(sha256 {source.sha256[:12]})"
+
+def left_out(run: Evaluation) -> int:
+    """1 when the run left out files or categories (listed in the closing summary)."""
+    return 1 if run.failures or run.skipped else 0
+
+
+def _load_backbone(settings: run_settings.EvaluationSettings, device: torch.device) -> Any:
+    from ..backbone import load_backbone
+    from ..evaluation.progress import LOGGER
+
+    backbone = load_backbone(settings.backbone, settings.weights, device=device)
+    source = backbone.weights_source
+    LOGGER.info(
+        f"device: {device}; weights: {source.label}, {source.path} (sha256 {source.sha256[:12]})"
+    )
+    return backbone
+
+
+def show_plan(settings: run_settings.EvaluationSettings, out: str | Path, device: str) -> None:
+    """Print what ``execute`` would do, with a time estimate; writes nothing."""
+    from ..backbone.runtime import BackboneRuntime, resolve_device
+    from ..evaluation.plan import done_in, make_plan, time_backbone
+    from ..evaluation.runlog import check_output_folder
+    from ..evaluation.store import done_units
+
+    check_output_folder(out)
+    plan = make_plan(settings, done_in(done_units(out, settings)))
+    target = resolve_device(device)
+    timing = None
+    if plan.forward or plan.gradient:
+        runtime = BackboneRuntime(
+            _load_backbone(settings, target),
+            resolution=settings.resolution,
+            batch_size=settings.batch_size,
+            features_bf16=settings.bf16,
+            gradients_bf16=settings.attack_bf16,
         )
-        run = Evaluation(settings, backbone, out, progress=not quiet)
-    if protocol:
-        run.store.record("protocol", protocol)
-    rows = run.run()
-    print(summary(rows))
-    if rows:
-        paths = write_study_report(out)
-        print(
-            f"\nresults: {Path(out) / 'results.csv'}  scores: {Path(out) / 'scores.csv'}\n"
-            f"report: {paths['html']} (also {paths['markdown'].name}, tables/*.csv|tex)"
-        )
-    if run.failures:
-        lines = [f"  {c}: {msg}" for c, msg in run.failures.items()]
-        raise RuntimeError("these categories failed (the others are saved):\n" + "\n".join(lines))
-    return rows
+        timing = time_backbone(runtime, min(settings.batch_size, 4))
+    print(f"plan for {out}:")
+    print(plan.text(timing))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     settings = run_settings.from_arguments(args, root=str(Path(args.root)))
+    if args.plan:
+        show_plan(settings, args.out, args.device)
+        return 0
     protocol = getattr(args, "protocol", None)
-    execute(settings, args.out, args.device, args.quiet, args.executor, args.address, protocol)
-    return 0
+    run = execute(
+        settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
+    )
+    return left_out(run)
 
 
 def run_report(args: argparse.Namespace) -> int:

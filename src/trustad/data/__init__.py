@@ -11,6 +11,7 @@ from .catalog import (
 from .datasets import (
     IMAGE_EXTENSIONS,
     CategoryData,
+    MissingMaskError,
     Sample,
     image_size,
     list_categories,
@@ -28,6 +29,7 @@ __all__ = [
     "VISA_CATEGORIES",
     "CategoryData",
     "CategoryDefaults",
+    "MissingMaskError",
     "Sample",
     "category_defaults",
     "image_size",

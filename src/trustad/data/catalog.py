@@ -10,39 +10,6 @@ from dataclasses import dataclass
 DATASETS = ("mvtec", "visa", "folder")
 PREPROCESSING = ("agnostic", "informed", "none")
 
-MVTEC_CATEGORIES: tuple[str, ...] = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
-
-VISA_CATEGORIES: tuple[str, ...] = (
-    "candle",
-    "capsules",
-    "cashew",
-    "chewinggum",
-    "fryum",
-    "macaroni1",
-    "macaroni2",
-    "pcb1",
-    "pcb2",
-    "pcb3",
-    "pcb4",
-    "pipe_fryum",
-)
-
 
 @dataclass(frozen=True)
 class CategoryDefaults:
@@ -81,6 +48,9 @@ _KNOWN: dict[tuple[str, str], tuple[bool, bool]] = {
     ("visa", "pcb4"): (True, False),
     ("visa", "pipe_fryum"): (True, False),
 }
+
+MVTEC_CATEGORIES: tuple[str, ...] = tuple(c for d, c in _KNOWN if d == "mvtec")
+VISA_CATEGORIES: tuple[str, ...] = tuple(c for d, c in _KNOWN if d == "visa")
 
 # Folder datasets and unknown categories: no masking (a per-run setting elsewhere).
 _UNKNOWN = (False, False)

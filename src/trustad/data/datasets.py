@@ -1,8 +1,12 @@
 """Dataset loaders: MVTec-AD, VisA (raw release or prepared 1cls layout) and any folder in
 the MVTec layout (PROTOCOL section 3).
 
-Loading only lists files; pixels are read later (``load_mask``, the backbone's
-``load_rgb8``), so a missing mask is reported when it is needed, not at load time.
+Loading only lists files: every visible file whose extension a Pillow format with a
+decoder claims (``trustad.images.IMAGE_EXTENSIONS``), broken links included, so that a file
+that cannot be read is reported by the reader (``ImageReadError``) instead of vanishing.
+Pixels are read later (``load_mask``, the backbone's ``load_rgb8``), all through
+``trustad.images``. Anomalous test images without a mask are listed in
+``CategoryData.missing_masks``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from ..images import IMAGE_EXTENSIONS, ImageReadError, read_image, read_size
 from .catalog import DATASETS
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 VISA_CSV = Path("split_csv") / "1cls.csv"
 _VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 
@@ -31,6 +34,12 @@ class Sample:
     mask_path: Path | None
     image_id: str  # path relative to the category root, posix style
 
+    @property
+    def mask_available(self) -> bool:
+        """Whether ``load_mask`` has a mask to give: a normal image (all False) or an
+        anomalous one with a mask file."""
+        return self.label == 0 or self.mask_path is not None
+
 
 @dataclass(frozen=True)
 class CategoryData:
@@ -39,7 +48,13 @@ class CategoryData:
     root: Path  # the category folder
     train: tuple[Path, ...]  # normal training images, sorted by file name
     test: tuple[Sample, ...]  # sorted by image_id
-    has_masks: bool  # every anomalous test image has a mask file (and there is one)
+    has_masks: bool  # at least one anomalous test image has a mask file
+    # Anomalous test images without a mask file: pixel metrics can use only the others.
+    missing_masks: tuple[Sample, ...] = ()
+
+
+class MissingMaskError(ValueError):
+    """An anomalous test image without a mask file (see ``CategoryData.missing_masks``)."""
 
 
 # ---------------------------------------------------------------- file helpers
@@ -50,7 +65,8 @@ def _visible(p: Path) -> bool:
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS
+    # Not ``is_file()``: a broken link or a link loop is listed, for the reader to report.
+    return _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
 
 
 def _images(folder: Path) -> list[Path]:
@@ -174,40 +190,33 @@ def support_paths(train: Sequence[Path], shots: int, seed: int) -> list[Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path}: {exc}") from exc
+    """(width, height) of an image file as ``load_rgb8`` decodes it (EXIF orientation
+    applied), read from its header; an unreadable file raises ``ImageReadError``."""
+    return read_size(path)
 
 
 def load_mask(sample: Sample, size: tuple[int, int]) -> np.ndarray:
     """The boolean (height, width) mask of a test sample; ``size`` is the image's
-    (width, height). A normal image without mask file gets an all-False mask."""
+    (width, height). A normal image without mask file gets an all-False mask; an anomalous
+    one raises ``MissingMaskError``, an unreadable mask file ``ImageReadError``."""
     width, height = size
     if sample.mask_path is None:
         if sample.label == 0:
             return np.zeros((height, width), dtype=bool)
-        raise ValueError(f"anomalous image {sample.path} has no mask file")
+        raise MissingMaskError(f"anomalous image {sample.path} has no mask file")
     path = sample.mask_path
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {path} (for image {sample.path})")
     try:
-        with Image.open(path) as img:
-            if img.size != (width, height):
-                raise ValueError(
-                    f"mask {path} is {img.size[0]}x{img.size[1]} but its image {sample.path} "
-                    f"is {width}x{height} (width x height)"
-                )
-            if img.mode == "P":
-                img = img.convert("RGB")  # palette indices say nothing about brightness
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read mask file {path}: {exc}") from exc
+        img = read_image(path)
+    except ImageReadError as exc:
+        raise type(exc)(path, f"{exc.reason} (the mask of {sample.path})") from exc
+    if img.size != (width, height):
+        raise ValueError(
+            f"mask {path} is {img.size[0]}x{img.size[1]} but its image {sample.path} "
+            f"is {width}x{height} (width x height)"
+        )
+    if img.mode == "P":
+        img = img.convert("RGB")  # palette indices say nothing about brightness
+    arr = np.asarray(img)
     if arr.ndim == 3:
         # Colour masks: any colour channel set; an alpha channel is ignored.
         channels = arr.shape[-1]
@@ -227,8 +236,8 @@ def _finish(
     dataset: str, category: str, cat_dir: Path, train: list[Path], test: list[Sample]
 ) -> CategoryData:
     test.sort(key=lambda s: s.image_id)
-    anomalous = [s for s in test if s.label == 1]
-    has_masks = bool(anomalous) and all(s.mask_path is not None for s in anomalous)
+    missing = tuple(s for s in test if not s.mask_available)
+    has_masks = any(s.label == 1 and s.mask_path is not None for s in test)
     return CategoryData(
         dataset=dataset,
         category=category,
@@ -236,6 +245,7 @@ def _finish(
         train=tuple(train),
         test=tuple(test),
         has_masks=has_masks,
+        missing_masks=missing,
     )
 
 

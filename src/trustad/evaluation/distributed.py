@@ -101,7 +101,7 @@ class RayEvaluation:
         out: str | Path,
         device: str = "auto",
         address: str | None = None,
-        progress: bool = True,
+        progress: bool | Progress = True,
         backbone_factory: BackboneFactory | None = None,
         backbone_key: str | None = None,
         max_retries: int = 3,
@@ -117,8 +117,13 @@ class RayEvaluation:
         self.key = backbone_key or f"{settings.backbone}|{settings.weights}"
         self.max_retries = max_retries
         self.cpus_per_task = cpus_per_task
-        self.log = Progress(progress)
+        self.log = progress if isinstance(progress, Progress) else Progress(progress)
         self.failures: dict[str, str] = {}
+        # What the closing summary reports, as ``Evaluation`` has them.
+        self.skipped: list[str] = []
+        self.impossible: list[str] = []
+        self.computed = 0  # result rows added by this run
+        self.already_done = len(self.store.rows)
 
     def pending(self, units: Sequence[WorkUnit]) -> list[WorkUnit]:
         """Units with at least one result row still missing."""
@@ -168,20 +173,22 @@ class RayEvaluation:
             refs[ref] = (category, seed, scratch)
         self.log(f"{len(refs)} work units submitted as Ray tasks ({gpus} GPU each)")
         remaining = list(refs)
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1)
-            category, seed, scratch = refs[ready[0]]
-            name = f"{category} seed {seed}"
-            try:
-                out = ray.get(ready[0])
-            except Exception as exc:  # a task failed after its retries: the others go on
-                self.failures[name] = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                self.log(f"[{name}] failed: {self.failures[name]}")
-                continue
-            self._absorb(out, scratch)
-            for category_name, message in out["failures"].items():
-                self.failures[f"{category_name} seed {seed}"] = message
-            self.log(f"[{name}] done", len(refs) - len(remaining), len(refs))
+        with self.log.bar("work units", len(refs), "unit") as bar:
+            while remaining:
+                ready, remaining = ray.wait(remaining, num_returns=1)
+                category, seed, scratch = refs[ready[0]]
+                name = f"{category} seed {seed}"
+                bar.update()
+                try:
+                    out = ray.get(ready[0])
+                except Exception as exc:  # a task failed after its retries: the others go on
+                    self.failures[name] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                    self.log(f"[{name}] failed: {self.failures[name]}")
+                    continue
+                self._absorb(out, scratch)
+                for category_name, message in out["failures"].items():
+                    self.failures[f"{category_name} seed {seed}"] = message
+                self.log(f"[{name}] done")
         parts = self.store.out / "parts"
         if parts.is_dir() and not any(parts.iterdir()):
             parts.rmdir()
@@ -198,6 +205,7 @@ class RayEvaluation:
         for r in out["results"]:
             if not self.store.done(*(r[c] for c in KEY_COLUMNS)):
                 self.store.add([r], by_key.get(row_key(r), []))
+                self.computed += 1
         if out["examples"]:
             for name, data in out["examples"].items():  # the scratch may be on another node
                 (scratch / name).parent.mkdir(parents=True, exist_ok=True)

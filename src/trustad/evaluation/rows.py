@@ -15,7 +15,7 @@ from .. import calibration as cal
 from .. import metrics
 from ..attacks import linf, psnr
 from .settings import CLEAN
-from .store import FLAGGED_CALIBRATORS
+from .store import FLAGGED_CALIBRATORS, TIMING_COLUMNS
 
 IMAGE_LABEL_PROBE = "probe trained on image labels: no masks, every patch takes its image's label"
 
@@ -209,3 +209,18 @@ def result_row(
     row["n_calibration"], row["n_evaluation"] = len(cal_idx), len(eval_idx)
     row["note"] = "; ".join(dict.fromkeys(all_notes))
     return row, probs
+
+
+def share_seconds(seconds: dict[str, float], n: int) -> dict[str, float]:
+    """Seconds of work shared by ``n`` units: each unit's part."""
+    return {k: v / max(n, 1) for k, v in seconds.items()}
+
+
+def timing_columns(parts: list[dict[str, float]]) -> dict[str, float]:
+    """results.csv's seconds columns from the parts of a unit's time (features, attack,
+    metrics)."""
+    total = {c: 0.0 for c in TIMING_COLUMNS}
+    for part in parts:
+        for what, seconds in part.items():
+            total[f"seconds_{what}"] += seconds
+    return total

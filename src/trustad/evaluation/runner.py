@@ -10,26 +10,33 @@ the bank and are computed per shots and seed. Rows come from ``rows``, persisten
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..attacks import AttackSettings, probe_objective, run_attack, score_loss, train_probe
-from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime, batches
-from ..data import CategoryData, image_size, list_categories, load_category, load_mask
+from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
-from ..detector import AnomalyDINO, anomaly_map
+from ..detector import AnomalyDINO
+from ..images import ImageReadError
+from ..maps import anomaly_maps_grouped
+from ..model import FittedDetector
+from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
+from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
-from .progress import Progress
+from .flagging import UnitFlags
+from .plan import Group, gradient_steps, make_plan, pending_groups, rotates_support
+from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
     CalibrationOptions,
@@ -40,34 +47,15 @@ from .rows import (
     pixel_columns,
     result_row,
     score_rows,
+    share_seconds,
+    timing_columns,
 )
 from .settings import CLEAN, EvaluationSettings
-from .store import ResultStore
+from .store import TIMING_COLUMNS, ResultStore
 from .units import WorkUnit, run_units
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
-
-
-@dataclass
-class CategoryState:
-    """What is computed once per category and shared by every unit of work."""
-
-    data: CategoryData
-    images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
-    sizes: list[tuple[int, int]]  # original (width, height)
-    labels: np.ndarray
-    masks: list[np.ndarray] | None  # ground-truth masks at the original size
-    clean_features: list[Tensor] = field(default_factory=list)
-    clean_foreground: list[Tensor] | None = None
-    clean_scores: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
-    probe_labels: list[Tensor] | None = None
-    probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-
-    @property
-    def category(self) -> str:
-        return self.data.category
 
 
 class Evaluation:
@@ -78,7 +66,7 @@ class Evaluation:
         settings: EvaluationSettings,
         backbone: torch.nn.Module,
         out: str | Path,
-        progress: bool = True,
+        progress: bool | Progress = True,
     ) -> None:
         self.s = settings
         self.runtime = BackboneRuntime(
@@ -88,11 +76,20 @@ class Evaluation:
             features_bf16=settings.bf16,
             gradients_bf16=settings.attack_bf16,
         )
+        self.log = progress if isinstance(progress, Progress) else Progress(progress)
+        self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)
         source = getattr(backbone, "weights_source", None)  # set by load_backbone
         if source is not None:
+            self.log.debug("weights: " + json.dumps(source.to_dict(), default=str))
             self.store.record_weights(source.to_dict())
-        self.log = Progress(progress)
+        self.clock = Stopwatch()
+        self.failures: dict[str, str] = {}
+        self.selected: set[WorkUnit] = set()  # the (category, seed) units run() was given
+        self.skipped: list[str] = []  # files and units left out, with the reason
+        self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
+        self.computed = 0  # units computed by this run
+        self.already_done = 0  # units found done in the output folder
         self.calibration_options = CalibrationOptions(
             {name: settings.calibrator_options(name) for name in ("platt",)},
             settings.flag_rate,
@@ -110,122 +107,156 @@ class Evaluation:
         s = self.s
         if units is None:
             units = run_units(s, list_categories(s.dataset, s.root, s.categories))
-        seeds_of: dict[str, list[int]] = {}
-        for category, seed in units:
-            seeds_of.setdefault(category, []).append(seed)
+        self.selected = set(units)
+        categories = list(dict.fromkeys(c for c, _ in units))
         t0 = time.time()
-        self.failures: dict[str, str] = {}
-        for category, seeds in seeds_of.items():
-            # A broken category (unreadable image, bad mask) must not cost the others.
-            try:
-                self._run_category(category, seeds)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                self.failures[category] = str(exc)
-                self.log(f"[{category}] failed, skipped: {exc}")
+        plan = make_plan(s, self._is_done)
+        self.already_done = sum(c.done for c in plan.categories)
+        self.log(
+            f"{len(plan.pending)} units to do, {self.already_done} already done; "
+            f"{plan.forward} backbone passes and {plan.gradient} gradient passes planned"
+        )
+        with self.log.bar("units", len(plan.pending), "unit") as self.units_bar:
+            for category in categories:
+                # A broken category (unreadable image, bad mask) must not cost the others.
+                try:
+                    self._run_category(category)
+                except (ValueError, FileNotFoundError, OSError) as exc:
+                    self.failures[category] = str(exc)
+                    self.log.logger.warning(f"[{category}] failed, skipped: {exc}")
         self.log(
             f"done in {time.time() - t0:.0f} s; {self.backbone_images} backbone passes "
             "without gradient"
         )
         return self.store.rows
 
+    def _is_done(self, unit: Unit) -> bool:
+        # Units outside the selection (another shard's) count as done: nothing plans them.
+        if (unit.category, unit.seed) not in self.selected:
+            return True
+        return self.store.done(*astuple(unit))
+
     # -- planning -----------------------------------------------------------------------
-    def _pending(
-        self, data: CategoryData, seeds: Sequence[int]
-    ) -> list[tuple[int, str, float, list[int]]]:
+    def _pending(self, data: CategoryData) -> list[Group]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
-        possible = {}
-        for seed in seeds:
-            for k in self.s.shots:
-                try:
-                    select_support(data.train, k, seed)
-                    possible[seed, k] = True
-                except ValueError as exc:
-                    possible[seed, k] = False
-                    self.log(f"[{data.category}] skipped {k} shots, seed {seed}: {exc}")
-        out = []
-        for seed in seeds:
-            for cond, eps in self.s.conditions():
-                shots = [
-                    k
-                    for k in self.s.shots
-                    if possible[seed, k]
-                    and not self.store.done(self.s.dataset, data.category, k, seed, cond, eps)
-                ]
-                if shots:
-                    out.append((seed, cond, eps, shots))
-        return out
+        groups, skipped = pending_groups(self.s, data, self._is_done)
+        for message in skipped:
+            self.log.logger.warning(f"skipped {message}")
+        self.impossible += skipped
+        return groups
 
     # -- per category -------------------------------------------------------------------
-    def _run_category(self, category: str, seeds: Sequence[int]) -> None:
+    def _run_category(self, category: str) -> None:
         data = load_category(self.s.dataset, self.s.root, category)
-        pending = self._pending(data, seeds)
+        pending = self._pending(data)
         if not pending:
             self.log(f"[{category}] already complete, skipped")
             return
-        st = self._load(data)
-        det = self._detector(category)
+        self.clock.take()
+        with self.clock("features"):
+            st = load_state(data, self.runtime, self.log, self._skip)
+            st.model = self._model(category)
+            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
+            det = st.model.detector
+            pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
-        st.clean_foreground = det.foreground(st.clean_features)
+        with self.clock("features"):
+            st.clean_foreground = det.foreground(st.clean_features)
+        # Work shared by several units is shared out evenly among them.
+        shared = share_seconds(self.clock.take(), sum(len(g.shots) for g in pending))
+        self.shot_seconds: dict[int, dict[str, float]] = {}
         for seed, cond, eps, shots in pending:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
                 per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
+            group = share_seconds(self.clock.take(), len(shots))
             results, scores = [], []
             for k in shots:
                 unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                t0 = time.perf_counter()
                 row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
+                own = self.clock.take()
+                own["metrics"] = time.perf_counter() - t0 - sum(own.values())
+                seconds = [shared, group, self.shot_seconds.pop(k, {}), own]
+                row.update(timing_columns(seconds))
+                self.log.debug(
+                    f"[{category}] unit shots={k} seed={seed} {cond} eps={eps:.6g}: "
+                    + ", ".join(f"{c} {row[c]:.2f}" for c in TIMING_COLUMNS)
+                )
                 results.append(row)
                 scores.extend(unit_scores)
             self.store.add(results, scores)
+            self.computed += len(results)
+            self.units_bar.update(len(results))
 
-    def _detector(self, category: str) -> AnomalyDINO:
-        """The detector for a category: the table's defaults unless the settings override."""
+    def _model(self, category: str) -> FittedDetector:
+        """The detector ``trustad fit`` builds, for a category: the table's defaults unless
+        the settings override. Calibration is the rows' job here: every calibrator is
+        fitted per unit, so the model carries none."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
-        return AnomalyDINO(
+        return FittedDetector(
             self.runtime,
-            rotate=defaults.rotate if self.s.rotate is None else self.s.rotate,
+            rotate=rotates_support(self.s, category),
             mask_test=defaults.mask_test if self.s.mask_test is None else self.s.mask_test,
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
+            calibrator=None,
+            conformal_alpha=None,
+            flag=None,
         )
 
-    def _load(self, data: CategoryData) -> CategoryState:
-        category = data.category
-        self.log(
-            f"[{category}] {len(data.test)} test images, {len(data.train)} normal training images"
-        )
-        images, sizes = [], []
-        for i, sample in enumerate(data.test):
-            self.log(f"[{category}] preprocessing", i, len(data.test))
-            images.extend(self.runtime.preprocess([sample.path])[0])
-            sizes.append(image_size(sample.path))
-        labels = np.array([s.label for s in data.test])
-        masks = None
-        if data.has_masks:
-            masks = [load_mask(s, size) for s, size in zip(data.test, sizes)]
-        return CategoryState(data, images, sizes, labels, masks)
+    def _skip(self, message: str) -> None:
+        """Something left out of the run: said now, listed in run.json and at the end."""
+        self.skipped.append(message)
+        self.store.record("skipped", self.skipped)
+        self.log.logger.warning(message)
 
     def _features(self, st: CategoryState, images: list[Tensor], what: str) -> list[Tensor]:
         out: list[Tensor] = []
-        for start, batch in batches(images, self.s.batch_size):
-            self.log(f"[{st.category}] {what}", start, len(images))
-            out.extend(self.runtime.features(list(batch)))
-        self.log(f"[{st.category}] {what}", len(out), len(images))
+        with self.clock("features"), self.log.bar(f"[{st.category}] {what}", len(images)) as bar:
+            for _, batch in batches(images, self.s.batch_size):
+                out.extend(self.runtime.features(list(batch)))
+                bar.update(len(batch))
         return out
 
-    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+    def _support_features(
+        self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int
+    ) -> list[Tensor]:
         paths = select_support(st.data.train, shots, seed)
         missing = [p for p in paths if p not in st.support_features]
-        for i, path in enumerate(missing):
-            self.log(f"[{st.category}] support features", i, len(missing))
-            st.support_features[path] = self.runtime.features(det.support_views(path))
         if missing:
-            self.log(f"[{st.category}] support features", len(missing), len(missing))
-        det.fit_features([f for p in paths for f in st.support_features[p]])
+            desc = f"[{st.category}] support features"
+            with self.clock("features"), self.log.bar(desc, len(missing)) as bar:
+                for path in missing:
+                    st.support_features[path] = self.runtime.features(det.support_views(path))
+                    bar.update()
+        return [f for p in paths for f in st.support_features[p]]
+
+    def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
+        st.model.fit_features(self._support_features(det, st, shots, seed))
+
+    def _readable_support(
+        self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
+    ) -> list[Group]:
+        """The pending units whose support images can all be read; the others are skipped
+        and said so (the drawn support set names the unreadable file)."""
+        unreadable = set()
+        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots}):
+            try:
+                self._support_features(det, st, k, seed)
+            except ImageReadError as exc:
+                unreadable.add((seed, k))
+                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {exc}")
+        out = []
+        for seed, cond, eps, shots in pending:
+            kept = [k for k in shots if (seed, k) not in unreadable]
+            if kept:
+                out.append(Group(seed, cond, eps, kept))
+        return out
 
     # -- one unit -----------------------------------------------------------------------
     def _unit(
@@ -240,19 +271,34 @@ class Evaluation:
         self._fit(det, st, unit.shots, unit.seed)
         dists = det.distances_from_features(features, foreground)
         scores = det.scores_from_distances(dists)
+        key = (unit.shots, unit.seed)
         if attacked is None:
-            st.clean_scores[unit.shots, unit.seed] = scores
-        clean = self._clean_scores(st, det, unit.shots, unit.seed)
-        notes = []
-        attack = None if attacked is None else self.s.attack(unit.condition, unit.eps)
-        if attack and attack.needs_objective and not attack.targets_score and st.masks is None:
-            notes.append(IMAGE_LABEL_PROBE)
+            st.clean_distances[key] = dists
+        clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
+        clean = det.scores_from_distances(clean_dists)
+        notes = list(st.notes)
+        flag_cols = {}
+        if attacked is not None:
+            attack = self.s.attack(unit.condition, unit.eps)
+            if attack.needs_objective and not attack.targets_score and st.masks is None:
+                notes.append(IMAGE_LABEL_PROBE)
+            flag_cols = st.flags.columns(
+                key,
+                det,
+                split,
+                (clean_dists, st.clean_features, st.images),
+                (dists, features, attacked),
+                notes,
+            )
         row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
+        row.update(flag_cols)
         if self.s.pixel_metrics and st.masks is not None:
-            maps = [anomaly_map(d, size) for d, size in zip(dists, st.sizes)]
-            row.update(pixel_columns(st.masks, maps))
+            desc = f"[{st.category}] pixel metrics"
+            with self.log.bar(desc, 1, "step") as bar:
+                row.update(self._pixel_columns(st, dists))
+                bar.update()
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
@@ -271,29 +317,34 @@ class Evaluation:
             )
         return row, per_image
 
-    def _clean_scores(
+    def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
+        """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
+        device; metrics there on an accelerator, in numpy on the CPU (faster there)."""
+        have = [i for i, m in enumerate(st.masks) if m is not None]
+        device = self.runtime.device
+        maps = anomaly_maps_grouped([dists[i] for i in have], [st.sizes[i] for i in have], device)
+        if device.type == "cpu":
+            return pixel_columns([st.masks[i] for i in have], [m.numpy() for m in maps])
+        if st.pixel_targets is None:
+            st.pixel_targets = pixel_targets([st.masks[i] for i in have], device)
+        return {
+            "pixel_auroc": float(pixel_auroc_torch(st.pixel_targets, maps)),
+            "aupro": float(aupro_torch(st.pixel_targets, maps)),
+        }
+
+    def _clean_distances(
         self, st: CategoryState, det: AnomalyDINO, shots: int, seed: int
-    ) -> np.ndarray:
-        """Clean scores at (shots, seed); ``det`` must be fitted for them. Kept in memory
-        for the category; computed from the clean features when a resumed run needs them."""
-        if (shots, seed) not in st.clean_scores:
-            dists = det.distances_from_features(st.clean_features, st.clean_foreground)
-            st.clean_scores[shots, seed] = det.scores_from_distances(dists)
-        return st.clean_scores[shots, seed]
+    ) -> list[Tensor]:
+        """Clean patch distances at (shots, seed); ``det`` must be fitted for them. Kept in
+        memory for the category; computed from the clean features when a resumed run
+        needs them."""
+        if (shots, seed) not in st.clean_distances:
+            st.clean_distances[shots, seed] = det.distances_from_features(
+                st.clean_features, st.clean_foreground
+            )
+        return st.clean_distances[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
-    def _probe_labels(self, st: CategoryState) -> list[Tensor]:
-        """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
-        if st.probe_labels is None:
-            st.probe_labels = []
-            for i, x in enumerate(st.images):
-                if st.masks is not None:
-                    m = patch_mask(preprocess_mask(st.masks[i], self.s.resolution))
-                else:
-                    m = torch.full((x.shape[1] // 14, x.shape[2] // 14), bool(st.labels[i]))
-                st.probe_labels.append(m.float())
-        return st.probe_labels
-
     def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:
         if seed not in st.probes:
             settings = self.s.probe(seed)
@@ -304,18 +355,23 @@ class Evaluation:
                     "calibration split (probe_train_on='calibration'), but this category has "
                     "none (see the clean rows' note); use probe_train_on='test'"
                 )
-            labels = self._probe_labels(st)
+            labels = probe_labels(st, self.s.resolution)
             feats = torch.cat(
                 [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]
             )
             targets = torch.cat([labels[i].reshape(-1) for i in train])
             device = self.runtime.device
-            probe, history = train_probe(
-                feats[None, None].to(device), targets[None, None].to(device), settings
-            )
+            desc = f"[{st.category}] probe seed {seed}"
+            with self.clock("attack"), self.log.bar(desc, settings.steps, "step") as bar:
+                probe, history = train_probe(
+                    feats[None, None].to(device),
+                    targets[None, None].to(device),
+                    settings,
+                    on_step=bar.update,
+                )
             st.probes[seed] = probe
             if st.masks is None:
-                self.log(f"[{st.category}] {IMAGE_LABEL_PROBE}")
+                self.log.debug(f"[{st.category}] {IMAGE_LABEL_PROBE}")
             self.log(
                 f"[{st.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
             )
@@ -333,18 +389,22 @@ class Evaluation:
         gen = torch.Generator(device=device)
         gen.manual_seed(zlib.crc32(f"{st.category}/{attack.name}/{attack.eps}/{seed}".encode()))
         what = f"[{st.category}] {attack.name} eps={attack.eps:.4g} seed {seed}"
+        steps = max(gradient_steps(attack), 1)  # PGD: one bar step per image and PGD step
         out: list[Tensor] = []
-        for start, batch in batches(st.images, self.s.batch_size):
-            self.log(what, start, len(st.images))
-            adv = run_attack(
-                batch.to(device),
-                attack,
-                objective=objective_for(list(range(start, start + len(batch)))),
-                generator=gen,
-                autocast=self.runtime.gradients_bf16,
-            )
-            out.extend(adv.detach().cpu())
-        self.log(what, len(out), len(out))
+        unit = "img-step" if steps > 1 else "img"
+        with self.clock("attack"), self.log.bar(what, steps * len(st.images), unit) as bar:
+            for start, batch in batches(st.images, self.s.batch_size):
+                adv = run_attack(
+                    batch.to(device),
+                    attack,
+                    objective=objective_for(list(range(start, start + len(batch)))),
+                    generator=gen,
+                    autocast=self.runtime.gradients_bf16,
+                    on_step=functools.partial(bar.update, len(batch)) if steps > 1 else None,
+                )
+                if steps == 1:
+                    bar.update(len(batch))
+                out.extend(adv.detach().cpu())
         return out
 
     def _adversarial(
@@ -359,7 +419,7 @@ class Evaluation:
     ) -> dict[int, Scored]:
         attack = self.s.attack(cond, eps)
         if attack.targets_score:
-            self.log(
+            self.log.debug(
                 f"[{st.category}] {cond} depends on the memory bank: computed per shots and seed"
             )
             labels = torch.as_tensor(st.labels, dtype=torch.float32)
@@ -373,11 +433,12 @@ class Evaluation:
                 adv = self._attack_images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)
+                self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:
             probe = self._probe(st, seed, split)
-            patch_labels = self._probe_labels(st)
+            patch_labels = probe_labels(st, self.s.resolution)
             device = self.runtime.device
 
             def objective_for(idx: list[int]) -> Callable[[Tensor], Tensor]:

@@ -21,6 +21,8 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
+from ..flags import FLAG_COSTS, FLAGS
+from ..model import DEFAULT_CONFORMAL_ALPHA
 
 CLEAN = "clean"
 MAX_RESOLUTION = 4480  # 320 x 320 patches: beyond this one image's features do not fit
@@ -184,10 +186,21 @@ class EvaluationSettings:
         group="calibration",
     )
     flag_rate: float = option(
-        DEFAULT_FLAG_RATE, "false-flag rate of the entropy attack flag", group="calibration"
+        DEFAULT_FLAG_RATE,
+        "false-flag rate of the attack flags' thresholds on clean calibration images",
+        group="calibration",
+    )
+    flags: list[str] = option(
+        list(FLAGS),
+        "attack flags measured on attacked conditions besides the entropy; stability costs "
+        f"{FLAG_COSTS['stability']} extra backbone passes per image; 'none' for none",
+        group="calibration",
+        choices=(*FLAGS, "none"),
     )
     conformal_alpha: float = option(
-        0.1, "target false-alarm rate of the conformal threshold", group="calibration"
+        DEFAULT_CONFORMAL_ALPHA,
+        "target false-alarm rate of the conformal threshold",
+        group="calibration",
     )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_examples: int = option(
@@ -201,6 +214,9 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         # Everything is checked here, before any feature is computed: a bad value found
         # mid-run would be recorded in run.json and then block the corrected rerun.
+        unknown_flags = [f for f in self.flags if f not in (*FLAGS, "none")]
+        if unknown_flags:
+            raise ValueError(f"unknown flag(s) {unknown_flags}; expected some of {list(FLAGS)}")
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
@@ -264,6 +280,9 @@ class EvaluationSettings:
             return {}
         return {"c": self.platt_c, "smooth_targets": self.platt_smooth}
 
+    def flag_names(self) -> list[str]:
+        return [f for f in self.flags if f != "none"]
+
     def attack(self, name: str, eps: float) -> AttackSettings:
         return AttackSettings(
             name=name,
@@ -282,7 +301,7 @@ class EvaluationSettings:
 
 # Settings that may differ when a run is resumed: they do not change any result.
 RESUME_FREE = frozenset(
-    {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds"}
+    {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds", "flags"}
 )
 # Settings that may differ between the folders merged into one run: how the work was split
 # and run, never what was computed.

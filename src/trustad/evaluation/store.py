@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration as cal
+from ..flags import FLAGS
 from .settings import RESUME_FREE, EvaluationSettings
 
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
@@ -26,6 +27,9 @@ PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
 FLAG_METRICS = ("flag_auroc", "flag_tpr")
 FLAGGED_CALIBRATORS = ("uncal", "platt")
+# Seconds spent on a unit; they vary from run to run, so they are not results to compare.
+# Rows written before these columns existed stay valid (read back blank).
+TIMING_COLUMNS = ("seconds_features", "seconds_attack", "seconds_metrics")
 
 
 def result_columns() -> list[str]:
@@ -33,8 +37,9 @@ def result_columns() -> list[str]:
     cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
+    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
-    cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note"]
+    cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note", *TIMING_COLUMNS]
     return cols
 
 
@@ -61,16 +66,18 @@ def unique_rows(rows: Iterable[dict[str, Any]], extra: Sequence[str] = ()) -> li
     return out
 
 
-def _is_whole(row: dict[str, Any], columns: Sequence[str], numeric: Sequence[str]) -> bool:
-    """True when a row read back has every column and its numbers parse."""
-    if None in row or any(row.get(c) is None for c in columns):
+def _is_whole(row: dict[str, Any], numeric: Sequence[str]) -> bool:
+    """True when a row read back has every column of its file's header and its key and
+    numbers parse (a row torn by a crash lacks its last fields). Columns added to the
+    format later are simply absent from older files."""
+    if None in row or any(v is None for v in row.values()):
         return False
     try:
         row_key(row)
         for c in numeric:
-            if row[c] != "":
+            if row.get(c, ""):
                 float(row[c])
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError):
         return False
     return True
 
@@ -89,6 +96,47 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def whole_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results.csv that are whole (torn rows dropped), without repeats."""
+    numeric = [c for c in result_columns() if c not in KEY_COLUMNS and c != "note"]
+    rows = read_csv(path)
+    return unique_rows(r for r in rows if _is_whole(r, numeric))
+
+
+def check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to resume a run whose recorded settings differ in a setting that changes
+    results (``old``, ``new``: settings dictionaries)."""
+    changed = sorted(k for k in new if k not in RESUME_FREE and old.get(k, new[k]) != new[k])
+    if changed:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)}); "
+            "use another --out folder or the same settings to resume"
+        )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """run.json's content, {} when there is none."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a trustad run file: {exc}") from exc
+    if not isinstance(data, dict) or "settings" not in data:
+        raise ValueError(f"{path} is not a trustad run file: no settings")
+    return data
+
+
+def done_units(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
+    """Unit keys already done in ``out``, read without writing anything (for a plan).
+    Raises like a run would when the folder holds a run with other settings."""
+    out = Path(out)
+    data = read_run_file(out / "run.json") if out.is_dir() else {}
+    if data:
+        check_resumable(out, data["settings"], settings.to_dict())
+    return {row_key(r) for r in whole_results(out / "results.csv")} if out.is_dir() else set()
+
+
 class ResultStore:
     """Persists units as they finish and tells which are done; nothing else."""
 
@@ -100,29 +148,19 @@ class ResultStore:
         self.settings_path = self.out / "run.json"
         self._check_settings(settings)
         columns = result_columns()
-        numeric = [c for c in columns if c not in KEY_COLUMNS and c != "note"]
-        rows = [r for r in read_csv(self.results_path) if _is_whole(r, columns, numeric)]
-        self.rows = unique_rows(rows)
+        self.rows = whole_results(self.results_path)
         self._done = {row_key(r) for r in self.rows}
         # Score rows without their results row belong to an interrupted unit: drop them.
         scores = [
             r
             for r in read_csv(self.scores_path)
-            if _is_whole(r, SCORE_KEY_COLUMNS, ("label", "score")) and row_key(r) in self._done
+            if _is_whole(r, ("label", "score")) and row_key(r) in self._done
         ]
         self._rewrite(self.scores_path, SCORE_COLUMNS, unique_rows(scores, extra=("image",)))
         self._rewrite(self.results_path, columns, self.rows)
 
     def run_file(self) -> dict[str, Any]:
-        if not self.settings_path.exists():
-            return {}
-        try:
-            data = json.loads(self.settings_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.settings_path} is not a trustad run file: {exc}") from exc
-        if not isinstance(data, dict) or "settings" not in data:
-            raise ValueError(f"{self.settings_path} is not a trustad run file: no settings")
-        return data
+        return read_run_file(self.settings_path)
 
     def _write_run_file(self, data: dict[str, Any]) -> None:
         tmp = self.settings_path.with_suffix(".tmp")
@@ -133,20 +171,12 @@ class ResultStore:
         new = settings.to_dict()
         data = self.run_file()
         if data:
-            old = data["settings"]
-            changed = sorted(
-                k for k in new if k not in RESUME_FREE and old.get(k, new[k]) != new[k]
-            )
-            if changed:
-                raise ValueError(
-                    f"{self.out} holds a run with other settings ({', '.join(changed)}); "
-                    "use another --out folder or the same settings to resume"
-                )
+            check_resumable(self.out, data["settings"], new)
         data["settings"] = new  # keeps what else the file records (the weights)
         self._write_run_file(data)
 
     def record(self, name: str, value: Any) -> None:
-        """Record ``name`` in run.json beside the settings (the protocol preset used)."""
+        """Keep ``value`` under ``name`` in run.json beside the settings."""
         data = self.run_file()
         data[name] = value
         self._write_run_file(data)
@@ -164,8 +194,7 @@ class ResultStore:
                 f"{str(source.get('sha256'))[:12]}). Pass --weights with the earlier file to "
                 "resume, or use another --out folder"
             )
-        data["weights"] = source
-        self._write_run_file(data)
+        self.record("weights", source)
 
     @staticmethod
     def _rewrite(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

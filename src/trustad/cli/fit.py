@@ -1,0 +1,146 @@
+"""``trustad fit``: fit a detector on a few good images and save it as one model file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..backbone import DEFAULT_RESOLUTION
+from ..data import category_defaults, support_paths
+from ..model import (
+    DEFAULT_CALIBRATOR,
+    DEFAULT_CONFORMAL_ALPHA,
+    DEFAULT_FALSE_FLAG_RATE,
+    DEFAULT_FLAG,
+    FLAGS,
+    SAVABLE_CALIBRATORS,
+    FittedDetector,
+)
+from .inputs import calibration_images, collect_images, on_off
+
+NONE = "none"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = category_defaults("folder", "")
+    p = sub.add_parser(
+        "fit",
+        help="fit a detector on good images (and calibrate it) into one model file",
+        description="Builds the AnomalyDINO memory bank from normal images; with "
+        "--calibration also fits a calibrated probability (needs good/ and defect "
+        "sub-folders), the conformal threshold (on the good images) and the attack flag. "
+        "Writes one .safetensors model file for `trustad predict` and `trustad serve`.",
+    )
+    p.add_argument("--normal", nargs="+", required=True, metavar="DIR_OR_FILE")
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="good/ plus one folder per defect type, or a folder of good images only",
+    )
+    p.add_argument("--shots", type=int, default=None, help="support images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="which block of --shots images")
+    p.add_argument("--conformal-alpha", type=float, default=DEFAULT_CONFORMAL_ALPHA)
+    p.add_argument("--calibrator", choices=(*SAVABLE_CALIBRATORS, NONE), default=DEFAULT_CALIBRATOR)
+    p.add_argument("--flag", choices=(*FLAGS, NONE), default=DEFAULT_FLAG)
+    p.add_argument("--false-flag-rate", type=float, default=DEFAULT_FALSE_FLAG_RATE)
+    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    p.add_argument("--rotate", type=on_off, default=defaults.rotate, metavar="on|off")
+    p.add_argument("--mask-test", type=on_off, default=defaults.mask_test, metavar="on|off")
+    p.add_argument("--knn", type=int, default=1)
+    p.add_argument("--backbone", default="dinov2_vits14")
+    p.add_argument("--weights", default=None, help="weights file (default: trustad weights show)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=run)
+
+
+def _names(paths: list[Path], limit: int = 8) -> str:
+    names = [p.name for p in paths[:limit]]
+    return ", ".join(names) + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbone import load_backbone
+
+    normal = collect_images(args.normal)
+    if not normal:
+        raise ValueError(f"no images found in --normal {' '.join(args.normal)}")
+    support = normal if args.shots is None else support_paths(normal, args.shots, args.seed)
+    cal_paths, cal_labels, cal_what = [], None, ""
+    if args.calibration:
+        cal_paths, cal_labels, cal_what = calibration_images(args.calibration)
+        overlap = set(map(Path.resolve, cal_paths)) & set(map(Path.resolve, support))
+        if overlap:
+            raise ValueError(
+                f"{len(overlap)} calibration image(s) are also support images, e.g. "
+                f"{sorted(overlap)[0]}; their scores would be near 0"
+            )
+    backbone = load_backbone(args.backbone, args.weights, args.device)
+    model = FittedDetector(
+        backbone,
+        resolution=args.resolution,
+        rotate=args.rotate,
+        mask_test=args.mask_test,
+        knn=args.knn,
+        batch_size=args.batch_size,
+        calibrator=None if args.calibrator == NONE else args.calibrator,
+        conformal_alpha=args.conformal_alpha,
+        flag=None if args.flag == NONE else args.flag,
+        flag_options={"false_flag_rate": args.false_flag_rate},
+    )
+    print(
+        f"fitting on {len(support)} support image(s) and {len(cal_paths)} calibration image(s)",
+        file=sys.stderr,
+    )
+    model.fit(support, cal_paths or None, cal_labels)
+    path = model.save(args.out)
+    print(summary(model, path, support, cal_what, args))
+    return 0
+
+
+def summary(
+    model: FittedDetector, path: Path, support: list[Path], cal_what: str, args: argparse.Namespace
+) -> str:
+    """What was fitted, and with which images."""
+    s = model.settings()
+    w = s["backbone"]["weights"]
+    pre = s["preprocessing"]
+    size_mb = path.stat().st_size / 1e6
+    shots = "all" if args.shots is None else f"{args.shots}, seed {args.seed}"
+    lines = [
+        f"model written to {path} ({size_mb:.1f} MB)",
+        f"  backbone     {s['backbone']['name']}"
+        + ("" if w is None else f", weights sha256 {w['sha256'][:16]}... ({w['label']})"),
+        f"  support      {len(support)} image(s) (shots: {shots}): {_names(support)}",
+        f"  memory bank  {s['memory_bank']['patches']} patches; resolution {pre['resolution']}, "
+        f"rotate {'on' if pre['rotate'] else 'off'}, mask test "
+        f"{'on' if pre['mask_test'] else 'off'}, knn {pre['knn']}",
+    ]
+    if not cal_what:
+        lines.append("  calibration  none: raw scores only (no probability, threshold or flag)")
+    else:
+        lines.append(f"  calibration  {args.calibration}: {cal_what}")
+        if model.calibrator_ is None and model.conformal_ is not None:
+            lines.append("               only normal images: only the conformal threshold")
+    cal = s["calibrator"]
+    if cal is not None:
+        params = ", ".join(
+            f"{k.rstrip('_')}={v:.4g}" for k, v in cal["params"].items() if isinstance(v, float)
+        )
+        lines.append(f"  probability  {cal['name']} ({params})")
+    conf = s["conformal"]
+    if conf is not None:
+        lines.append(
+            f"  conformal    alpha {conf['alpha']}: threshold {conf['threshold']:.6g} "
+            f"on {conf['n']} normal score(s)"
+        )
+    if s["flag"] is not None:
+        lines.append(
+            f"  flag         {s['flag']['name']}: false-flag rate {s['flag']['false_flag_rate']}, "
+            f"threshold {s['flag']['threshold']:.4g}"
+        )
+    lines.append(f"  decision     {s['decision_rule'] or 'none (raw score only)'}")
+    lines += [f"  note         {n}" for n in s["calibration"]["notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""Per-flag result columns for one evaluation unit (a detector and an attack condition)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import calibration as cal
+from .base import DEFAULT_FALSE_FLAG_RATE, BaseFlag, FlagInputs
+from .registry import FLAGS, make_flag
+
+
+def calibrated_flags(
+    detector: Any,
+    clean_calibration: FlagInputs,
+    names: Sequence[str] = tuple(FLAGS),
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE,
+) -> dict[str, BaseFlag]:
+    """Each named flag prepared and thresholded on the clean calibration images of the
+    fitted ``detector`` (one category, shots and seed)."""
+    return {n: make_flag(n).calibrate(detector, clean_calibration, false_flag_rate) for n in names}
+
+
+def flag_columns(
+    flags: dict[str, BaseFlag], clean: FlagInputs, attacked: FlagInputs
+) -> dict[str, float]:
+    """``flag_auroc_<name>`` (attacked vs clean evaluation images), ``flag_tpr_<name>``
+    (share of attacked images above the clean-calibration threshold) and ``flag_ffr_<name>``
+    (share of clean evaluation images above it: the realised false-flag rate)."""
+    out: dict[str, float] = {}
+    for name, flag in flags.items():
+        clean_values = flag.statistic(clean)
+        attacked_values = flag.statistic(attacked)
+        out[f"flag_auroc_{name}"] = cal.flagging_auroc(clean_values, attacked_values)
+        out[f"flag_tpr_{name}"] = float(flag.predict(attacked_values).mean())
+        out[f"flag_ffr_{name}"] = float(flag.predict(clean_values).mean())
+    return out

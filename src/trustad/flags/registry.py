@@ -1,0 +1,46 @@
+"""The flags by name, what each costs, and which one is the default."""
+
+from __future__ import annotations
+
+from .base import BaseFlag
+from .combined import CombinedFlag
+from .stability import TRANSFORMS, StabilityFlag
+from .statistics import (
+    ExceedanceFlag,
+    FeatureNormFlag,
+    MedianDistanceFlag,
+)
+
+ZERO_COST_FLAGS: dict[str, type[BaseFlag]] = {
+    cls.name: cls
+    for cls in (
+        MedianDistanceFlag,
+        ExceedanceFlag,
+        FeatureNormFlag,
+    )
+}
+FLAGS: dict[str, type[BaseFlag]] = {
+    **ZERO_COST_FLAGS,
+    StabilityFlag.name: StabilityFlag,
+    CombinedFlag.name: CombinedFlag,
+}
+FLAG_COSTS: dict[str, int] = {
+    **{name: 0 for name in ZERO_COST_FLAGS},
+    StabilityFlag.name: len(TRANSFORMS),
+    CombinedFlag.name: 0,
+}
+# The members of the default "combined" flag: every zero-cost flag (none picked by hand).
+COMBINED_MEMBERS = tuple(ZERO_COST_FLAGS)
+# The flag with the best measured separation of attacked from clean inputs
+# (benchmarks/flags.py; results in benchmarks/results/flags.md).
+DEFAULT_FLAG = "stability"
+
+
+def make_flag(name: str) -> BaseFlag:
+    """A fresh, unprepared flag by name; "combined" combines ``COMBINED_MEMBERS``."""
+    if name == CombinedFlag.name:
+        return CombinedFlag([ZERO_COST_FLAGS[m]() for m in COMBINED_MEMBERS])
+    try:
+        return FLAGS[name]()
+    except KeyError:
+        raise ValueError(f"unknown flag {name!r}; choose one of {', '.join(FLAGS)}") from None

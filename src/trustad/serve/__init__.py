@@ -1,0 +1,6 @@
+"""The HTTP service and web page (needs the ``serve`` extra: FastAPI, uvicorn,
+python-multipart)."""
+
+from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app, decode_image
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app", "decode_image"]

@@ -1,0 +1,177 @@
+"""The HTTP service around a fitted detector (FastAPI).
+
+Endpoints: ``POST /predict`` (multipart field ``file``; ``?map=none|png|base64``),
+``GET /health``, ``GET /model`` (settings and provenance, no tensors), ``GET /docs`` (the
+OpenAPI page) and the web page at ``/``.
+
+Concurrency: predictions run in the server's thread pool, one at a time behind a single
+lock around the model, so concurrent requests queue and never share intermediate state.
+Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the problem, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from .. import __version__
+from ..backbone.preprocess import resized_size
+from ..images import (
+    ImageReadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    read_rgb8,
+    read_size,
+)
+from ..model import FittedDetector, json_safe, overlay_png
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+STATIC = Path(__file__).parent / "static"
+# Multipart framing around the file (boundaries, part headers) allowed beyond the limit.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class MapFormat(str, Enum):
+    none = "none"
+    png = "png"  # the heatmap overlay as a base64 PNG
+    base64 = "base64"  # the raw float32 map, row-major, base64
+
+
+class UploadError(Exception):
+    """Bad input from a client: an HTTP status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_image(
+    data: bytes, max_pixels: int, name: str = "upload", resolution: int | None = None
+) -> Image.Image:
+    """The uploaded bytes as 8-bit RGB, or :class:`UploadError` (415 not an image, 413 too
+    many pixels, also once resized to ``resolution`` (a very elongated image grows), 400
+    empty, truncated or corrupt)."""
+    try:
+        w, h = read_size(data, max_pixels=max_pixels)
+        if resolution is not None:
+            rw, rh = resized_size(w, h, resolution)
+            if rw * rh > max_pixels:
+                raise UploadError(
+                    413,
+                    f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = "
+                    f"{rw * rh} pixels (smaller edge {resolution}), more than the limit "
+                    f"{max_pixels}",
+                )
+        return read_rgb8(data, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, f"{name}: {exc.reason}") from exc
+    except NotAnImageError as exc:
+        raise UploadError(415, f"{name}: {exc.reason} (PNG, JPEG, BMP, TIFF, WebP, ...)") from exc
+    except ImageReadError as exc:
+        raise UploadError(400, f"{name}: unreadable, truncated or corrupt: {exc.reason}") from exc
+
+
+def map_payload(rgb: Image.Image, amap: np.ndarray, fmt: MapFormat, model: FittedDetector):
+    if fmt is MapFormat.png:
+        data = overlay_png(rgb, amap, model.map_range_)
+        return {"format": "png", "data": base64.b64encode(data).decode()}
+    raw = np.ascontiguousarray(amap, dtype="<f4")
+    return {"format": "float32", "shape": list(raw.shape), "data": base64.b64encode(raw).decode()}
+
+
+def create_app(
+    model: FittedDetector,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> FastAPI:
+    """The service for ``model``; the limits answer 413 beyond them."""
+    app = FastAPI(
+        title="trustad",
+        version=__version__,
+        description="Few-shot anomaly detection with a calibrated probability, a conformal "
+        "threshold and a do-not-trust flag. Requests are served one at a time by the model.",
+    )
+    lock = threading.Lock()
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            problems.append(f"{where}: {e.get('msg', 'invalid')}")
+        message = "; ".join(problems)
+        if any(e.get("type") == "missing" for e in exc.errors()):
+            message += " (send the image as a multipart form field named 'file')"
+        return JSONResponse(
+            {"error": message, "detail": jsonable_encoder(exc.errors())}, status_code=422
+        )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit():
+            if int(length) > max_upload_bytes + FORM_OVERHEAD_BYTES:
+                return JSONResponse(
+                    {"error": f"upload of {length} bytes exceeds the limit {max_upload_bytes}"},
+                    status_code=413,
+                )
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/model")
+    def describe() -> dict[str, Any]:
+        return {**model.describe(), "limits": limits}
+
+    @app.post("/predict")
+    def predict(
+        file: Annotated[UploadFile, File(description="the image to score")],
+        map_format: Annotated[
+            MapFormat, Query(alias="map", description="none, png overlay or raw float32 map")
+        ] = MapFormat.none,
+    ) -> dict[str, Any]:
+        name = file.filename or "upload"
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
+        rgb = decode_image(data, max_pixels, name, model.detector.resolution)
+        with lock:
+            (pred,) = model.predict([rgb], maps=map_format is not MapFormat.none)
+        out: dict[str, Any] = {
+            "filename": name,
+            "width": rgb.width,
+            "height": rgb.height,
+            **pred.to_dict(),
+            "decision_rule": model.decision_rule_,
+        }
+        if map_format is not MapFormat.none:
+            out["map"] = map_payload(rgb, pred.anomaly_map, map_format, model)
+        return json_safe(out)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,89 @@
+"use strict";
+// The web page: send one image to POST /predict?map=png and show the answer.
+
+const $ = (id) => document.getElementById(id);
+
+function fmt(value, digits) {
+  if (value === null || value === undefined) return "not fitted";
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value === "number") return value.toPrecision(digits || 4);
+  return String(value);
+}
+
+async function loadModelInfo() {
+  try {
+    const r = await fetch("/model");
+    const m = await r.json();
+    const w = m.backbone.weights;
+    const parts = [
+      `${m.backbone.name || "custom backbone"}`,
+      `${m.support.length} support image(s)`,
+      `calibrator: ${m.calibrator ? m.calibrator.name : "none"}`,
+      `decision: ${m.decision_rule || "none"}`,
+    ];
+    if (w) parts.push(`weights ${w.sha256.slice(0, 12)}…`);
+    $("model-info").textContent = parts.join(" · ");
+  } catch (e) {
+    $("model-info").textContent = "model information unavailable";
+  }
+}
+
+function show(result, file) {
+  $("original").src = URL.createObjectURL(file);
+  $("overlay").src = "data:image/png;base64," + result.map.data;
+  for (const key of ["score", "probability", "p_value", "entropy"]) {
+    $(key).textContent = fmt(result[key]);
+  }
+  $("decision").textContent = result.decision === null ? "none" :
+    (result.decision ? "anomalous" : "normal");
+  $("decision-rule").textContent = result.decision_rule ?
+    `by the ${result.decision_rule} rule` : "no threshold fitted";
+  $("decision").className = result.decision ? "bad" : "ok";
+  $("flag").className = result.flag ? "warn" : "";
+  $("flag").textContent = result.flag === null ? "not fitted" :
+    (result.flag ? "RAISED" : "no");
+  const v = $("verdict");
+  v.className = "verdict " + (result.decision ? "bad" : "ok");
+  v.textContent = result.decision === null ? `score ${fmt(result.score)}` :
+    (result.decision ? "Anomalous" : "Normal");
+  if (result.flag) {
+    const f = document.createElement("span");
+    f.className = "flag";
+    f.textContent = "⚠ flagged: do not trust this answer";
+    v.appendChild(f);
+  }
+  $("result").hidden = false;
+}
+
+async function send(file) {
+  const status = $("status");
+  status.className = "muted";
+  status.textContent = `scoring ${file.name}…`;
+  const body = new FormData();
+  body.append("file", file);
+  try {
+    const r = await fetch("/predict?map=png", { method: "POST", body });
+    const result = await r.json();
+    if (!r.ok) throw new Error(result.error || `HTTP ${r.status}`);
+    show(result, file);
+    status.textContent = `${file.name}: ${result.width}×${result.height}`;
+    document.body.dataset.state = "done";
+  } catch (e) {
+    status.className = "error";
+    status.textContent = `${file.name}: ${e.message}`;
+    document.body.dataset.state = "error";
+  }
+}
+
+$("file").addEventListener("change", (e) => {
+  if (e.target.files.length) send(e.target.files[0]);
+});
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]);
+});
+loadModelInfo();

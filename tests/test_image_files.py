@@ -1,0 +1,121 @@
+"""Awkward and broken files through the folder dataset, the masks and the detector: the
+readable ones give the right result, each bad one a clear ImageReadError, and none costs
+the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_vit
+from corpus import REQUIRED, H, W, exif_with_orientation, extension, png_header_only, write_format
+from PIL import Image
+
+from trustad.backbone import load_rgb8
+from trustad.data import Sample, image_size, load_category, load_mask
+from trustad.detector import AnomalyDINO
+from trustad.images import ImageReadError
+
+
+def test_folder_dataset_lists_everything_and_reads_or_refuses(tmp_path: Path) -> None:
+    cat = tmp_path / "parts"
+    train, test_bad = cat / "train" / "good", cat / "test" / "dent"
+    train.mkdir(parents=True)
+    good: list[Path] = []
+    for fmt in sorted(REQUIRED):
+        path = train / f"img {fmt.lower()} é画{extension(fmt).upper()}"  # spaces, non-ASCII
+        write_format(path, fmt)
+        good.append(path)
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    rotated = train / "rotated.jpg"
+    Image.fromarray(stored).save(rotated, exif=exif_with_orientation(6))
+    good.append(rotated)
+    modes = {
+        "deep.png": Image.fromarray(np.full((5, 7), 40000, dtype=np.uint16)),
+        "palette.png": Image.new("P", (6, 4), 3),
+        "cmyk.jpg": Image.new("CMYK", (6, 4), (0, 255, 255, 0)),
+        "rgba.png": Image.new("RGBA", (6, 4), (1, 2, 3, 0)),
+        "bits.png": Image.new("1", (6, 4), 1),
+        "pixel.png": Image.new("RGB", (1, 1)),
+        "tall.png": Image.new("L", (1, 3000), 9),
+    }
+    for name, img in modes.items():
+        img.save(train / name)
+        good.append(train / name)
+    bad = {
+        "bomb.png": lambda p: p.write_bytes(png_header_only(60000, 60000)),
+        "empty.png": lambda p: p.touch(),
+        "text.png": lambda p: p.write_text("not an image"),
+        "loop.png": lambda p: p.symlink_to(p),
+        "cut.jpg": lambda p: p.write_bytes((train / "cmyk.jpg").read_bytes()[:200]),
+        "dangling.bmp": lambda p: p.symlink_to(tmp_path / "nowhere.bmp"),
+    }
+    for name, make in bad.items():
+        make(train / name)
+    (train / ".hidden.png").write_bytes(b"")
+    (train / "notes.txt").write_text("skip me")
+    (train / "subdir.png").mkdir()
+    (cat / "test" / "good").mkdir(parents=True)
+    Image.new("RGB", (40, 20)).save(cat / "test" / "good" / "0.webp")
+    test_bad.mkdir(parents=True)
+    Image.new("RGB", (40, 20)).save(test_bad / "0.gif")
+    Image.new("RGB", (40, 20)).save(test_bad / "1.tga")
+    masks = cat / "ground_truth" / "dent"
+    masks.mkdir(parents=True)
+    Image.new("L", (40, 20), 255).save(masks / "0_mask.bmp")
+
+    data = load_category("folder", tmp_path, "parts")
+    listed = {p.name for p in data.train}
+    assert listed == {p.name for p in good} | set(bad)
+    for path in data.train:
+        if path.name in bad:
+            with pytest.raises(ImageReadError) as err:
+                load_rgb8(path)
+            assert str(path) in str(err.value)
+        else:
+            img = load_rgb8(path)
+            assert img.mode == "RGB" and img.size == image_size(path)
+    assert load_rgb8(rotated).size == (20, 40)
+
+    assert [s.image_id for s in data.test] == [
+        "test/dent/0.gif",
+        "test/dent/1.tga",
+        "test/good/0.webp",
+    ]
+    assert data.has_masks and [s.image_id for s in data.missing_masks] == ["test/dent/1.tga"]
+    dent0 = data.test[0]
+    assert load_mask(dent0, image_size(dent0.path)).all()
+
+
+def test_unreadable_masks_named(tmp_path: Path) -> None:
+    image = tmp_path / "img.png"
+    Image.new("RGB", (W, H)).save(image)
+    bomb = tmp_path / "bomb_mask.png"
+    bomb.write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError) as err:
+        load_mask(Sample(image, 1, "x", bomb, "img.png"), (W, H))
+    assert str(bomb) in str(err.value) and str(image) in str(err.value)
+    gone = tmp_path / "gone_mask.png"
+    with pytest.raises(FileNotFoundError) as err:
+        load_mask(Sample(image, 1, "x", gone, "img.png"), (W, H))
+    assert str(gone) in str(err.value) and "mask of" in str(err.value)
+
+
+def test_detector_reads_every_format_and_names_a_bad_file(tmp_path: Path) -> None:
+    paths = []
+    for fmt in sorted(REQUIRED):
+        path = tmp_path / f"good{extension(fmt)}"
+        write_format(path, fmt)
+        paths.append(path)
+    det = AnomalyDINO(make_tiny_vit(), resolution=28, rotate=False).fit(paths[:2])
+    scores = det.score(paths)
+    assert scores.shape == (len(paths),) and np.isfinite(scores).all()
+    rotated = tmp_path / "rotated.jpg"  # stored 40 wide, 16 high; shown 16 wide, 40 high
+    Image.fromarray(np.zeros((16, 40, 3), np.uint8)).save(rotated, exif=exif_with_orientation(6))
+    assert det.anomaly_maps([rotated])[0].shape == (40, 16)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError) as err:
+        det.score([paths[0], bomb])
+    assert str(bomb) in str(err.value) and "too large" in err.value.reason

@@ -1,0 +1,205 @@
+"""The fitted detector: save -> load -> predict equality, and every refusal on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_vit
+from model_helpers import RES, make_part_folders
+
+from trustad.backbone import WeightsSource
+from trustad.detector import AnomalyDINO
+from trustad.model import FittedDetector, ModelFileError, read_model_file
+from trustad.model.file import FORMAT_VERSION
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_part_folders(tmp_path)
+
+
+def with_source(backbone, path: Path, content: bytes = b"weights") -> torch.nn.Module:
+    path.write_bytes(content)
+    backbone.weights_source = WeightsSource(
+        name="dinov2_vits14",
+        path=path,
+        origin="explicit",
+        label="test weights",
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+    return backbone
+
+
+def fitted(tiny_vit, images, **kw) -> FittedDetector:
+    cal = images["cal_good"] + images["cal_bad"]
+    labels = [0] * len(images["cal_good"]) + [1] * len(images["cal_bad"])
+    kw.setdefault("conformal_alpha", 0.5)
+    return FittedDetector(tiny_vit, resolution=RES, **kw).fit(images["good"], cal, labels)
+
+
+def test_save_load_predict_equal(tiny_vit, images, tmp_path):
+    model = fitted(tiny_vit, images)
+    assert model.calibrator_ is not None and model.conformal_ is not None
+    assert model.flag_ is not None and model.decision_rule_ == "conformal"
+    before = model.predict(images["test"])
+    path = model.save(tmp_path / "m.safetensors")
+    loaded = FittedDetector.load(path, tiny_vit)
+    after = loaded.predict(images["test"])
+    for a, b in zip(before, after):
+        assert a.to_dict() == b.to_dict()
+        assert a.anomaly_map.shape == (60, 64)
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    assert loaded.describe() == model.describe()
+    # the bare detector gives the same scores and maps
+    det = AnomalyDINO(tiny_vit, resolution=RES).fit(images["good"])
+    np.testing.assert_array_equal(det.score(images["test"]), [p.score for p in before])
+    for m, p in zip(det.anomaly_maps(images["test"]), before):
+        np.testing.assert_array_equal(m, p.anomaly_map)
+
+
+def test_fields_follow_the_documented_rules(tiny_vit, images):
+    model = fitted(tiny_vit, images)
+    preds = model.predict(images["test"], maps=False)
+    scores = np.array([p.score for p in preds])
+    probs = model.calibrator_.predict_proba(scores)
+    for p, prob in zip(preds, probs):
+        assert p.anomaly_map is None
+        assert p.probability == prob
+        assert p.decision == (p.score > model.conformal_.threshold_)
+        assert p.decision == (p.p_value <= 0.5)
+        assert p.flag == (p.entropy > model.flag_.threshold_)
+
+
+def test_only_normal_calibration_gives_only_the_conformal_threshold(tiny_vit, images):
+    model = FittedDetector(tiny_vit, resolution=RES, conformal_alpha=0.5).fit(
+        images["good"], images["cal_good"]
+    )
+    assert model.calibrator_ is None and model.flag_ is None
+    assert model.decision_rule_ == "conformal"
+    assert any("no probability" in n for n in model.notes_)
+    (p,) = model.predict(images["test"][:1], maps=False)
+    assert p.probability is None and p.entropy is None and p.flag is None
+    assert p.p_value is not None and isinstance(p.decision, bool)
+
+
+def test_no_calibration_no_decision(tiny_vit, images):
+    model = FittedDetector(tiny_vit, resolution=RES).fit(images["good"])
+    (p,) = model.predict(images["test"][:1])
+    assert (p.probability, p.p_value, p.decision, p.entropy, p.flag) == (None,) * 5
+    assert model.settings()["support"][0]["name"] == "00.png"
+
+
+def test_settings_record_provenance(tiny_vit, images, tmp_path):
+    model = fitted(with_source(tiny_vit, tmp_path / "w.bin"), images)
+    _, s = read_model_file(model.save(tmp_path / "m.safetensors"))
+    assert s["format_version"] == FORMAT_VERSION
+    assert s["backbone"]["weights"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert s["backbone"]["weights"]["label"] == "test weights"
+    assert s["preprocessing"]["resolution"] == RES
+    good = images["good"][0]
+    assert s["support"][0] == {
+        "name": good.name,
+        "sha256": hashlib.sha256(good.read_bytes()).hexdigest(),
+    }
+    assert s["calibrator"]["name"] == "platt" and "a_" in s["calibrator"]["params"]
+    assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "entropy"
+    assert s["calibration"]["n_normal"] == 4 and s["calibration"]["n_anomalous"] == 3
+
+
+# -- refusals -------------------------------------------------------------------------
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header with ``edit(header)``, keeping the data."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def test_refuses_tampered_tensors(tiny_vit, images, tmp_path):
+    path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # a byte of the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="tensor contents do not match"):
+        FittedDetector.load(path, tiny_vit)
+
+
+def test_refuses_tampered_settings(tiny_vit, images, tmp_path):
+    path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
+
+    def edit(h):
+        s = json.loads(h["__metadata__"]["settings"])
+        s["conformal"]["threshold"] = 1e9
+        h["__metadata__"]["settings"] = json.dumps(s, sort_keys=True)
+
+    _rewrite_header(path, edit)
+    with pytest.raises(ModelFileError, match="settings do not match"):
+        FittedDetector.load(path, tiny_vit)
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch"])
+def test_refuses_a_renamed_pickle(tiny_vit, tmp_path, kind):
+    path = tmp_path / "m.safetensors"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"memory_bank": [1, 2, 3]}))
+        expect = "pickle"
+    else:
+        torch.save({"memory_bank": torch.zeros(2, 2)}, path)
+        expect = "zip archive"
+    with pytest.raises(ModelFileError, match=f"not a safetensors file.*{expect}.*never unpickled"):
+        FittedDetector.load(path, tiny_vit)
+
+
+def test_refuses_safetensors_that_is_not_a_model(tiny_vit, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(ModelFileError, match="not a trustad model"):
+        FittedDetector.load(path, tiny_vit)
+
+
+def test_refuses_a_newer_format(tiny_vit, images, tmp_path):
+    path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
+    _rewrite_header(
+        path, lambda h: h["__metadata__"].update(format_version=str(FORMAT_VERSION + 1))
+    )
+    with pytest.raises(ModelFileError, match=f"format {FORMAT_VERSION + 1}, newer"):
+        FittedDetector.load(path, tiny_vit)
+
+
+def test_refuses_other_backbone_weights(tiny_vit, images, tmp_path):
+    model = fitted(with_source(tiny_vit, tmp_path / "a.bin", b"weights A"), images)
+    path = model.save(tmp_path / "m.safetensors")
+    other = with_source(make_tiny_vit(), tmp_path / "b.bin", b"weights B")
+    with pytest.raises(ModelFileError, match="weights resolve to sha256"):
+        FittedDetector.load(path, other)
+    bare = make_tiny_vit()
+    with pytest.raises(ModelFileError, match="records no weights source"):
+        FittedDetector.load(path, bare)
+    # without a backbone, the recorded name is resolved: an explicit file with other bytes
+    with pytest.raises(ModelFileError, match="weights resolve to sha256"):
+        FittedDetector.load(path, weights=tmp_path / "b.bin")
+    same = with_source(make_tiny_vit(), tmp_path / "c.bin", b"weights A")
+    assert FittedDetector.load(path, same).settings()["backbone"] == model.settings()["backbone"]
+
+
+def test_flag_and_calibrator_names_are_checked(tiny_vit, images, tmp_path):
+    path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
+    _, s = read_model_file(path)
+    assert s["flag"]["name"] == "entropy"
+    with pytest.raises(ValueError, match="unknown flag"):
+        FittedDetector(tiny_vit, flag="nonsense")
+    with pytest.raises(ValueError, match="cannot be saved"):
+        FittedDetector(tiny_vit, calibrator="isotonic")

@@ -1,0 +1,129 @@
+"""The HTTP service against a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import make_tiny_vit
+from model_helpers import RES, ServerThread, make_image, make_part_folders, require
+from PIL import Image
+
+from trustad.model import FittedDetector
+
+httpx = require("httpx")
+require("fastapi")
+require("multipart")
+require("uvicorn")
+
+MAX_UPLOAD = 200_000
+MAX_PIXELS = 100 * 100
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from trustad.serve import create_app
+
+    tmp = tmp_path_factory.mktemp("serve")
+    images = make_part_folders(tmp)
+    model = FittedDetector(make_tiny_vit(), resolution=RES, conformal_alpha=0.5).fit(
+        images["good"],
+        images["cal_good"] + images["cal_bad"],
+        [0] * len(images["cal_good"]) + [1] * len(images["cal_bad"]),
+    )
+    app = create_app(model, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)
+    with ServerThread(app) as server:
+        yield server.url, model, images
+
+
+def post(url, data: bytes, name="part.png", field="file", **params):
+    files = {field: (name, data, "application/octet-stream")}
+    return httpx.post(f"{url}/predict", files=files, params=params, timeout=60)
+
+
+def test_health_model_and_docs(served):
+    url, model, _ = served
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    info = httpx.get(f"{url}/model").json()
+    assert info["preprocessing"]["resolution"] == RES
+    assert info["calibrator"]["name"] == "platt" and info["decision_rule"] == "conformal"
+    assert info["limits"] == {"max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
+    assert len(info["support"]) == 3 and "sha256" in info["support"][0]
+    assert info["memory_bank"]["patches"] == model.detector.memory_bank_.shape[0]
+    assert "memory_bank" not in str(info.get("calibration"))  # no tensors anywhere
+    assert httpx.get(f"{url}/docs").status_code == 200
+    assert "/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and 'id="file"' in page.text
+    assert httpx.get(f"{url}/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["none", "png", "base64"])
+def test_predict_equals_the_model(served, fmt):
+    url, model, images = served
+    path = images["test"][1]
+    r = post(url, path.read_bytes(), map=fmt)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (want,) = model.predict([path])
+    assert {k: body[k] for k in want.to_dict()} == want.to_dict()
+    assert (body["width"], body["height"]) == (64, 60)
+    if fmt == "none":
+        assert "map" not in body
+    elif fmt == "png":
+        overlay = Image.open(io.BytesIO(base64.b64decode(body["map"]["data"])))
+        assert overlay.format == "PNG" and overlay.size == (64, 60)
+    else:
+        raw = np.frombuffer(base64.b64decode(body["map"]["data"]), dtype="<f4")
+        np.testing.assert_array_equal(raw.reshape(body["map"]["shape"]), want.anomaly_map)
+
+
+def png_bytes(w, h) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 130, 140)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_inputs_get_4xx_json(served):
+    url, _, images = served
+    raw = images["test"][0].read_bytes()
+    cases = {
+        "not an image": (post(url, b"hello, not an image"), 415, "not an image"),
+        "truncated": (post(url, raw[: len(raw) // 2]), 400, "truncated"),
+        "empty": (post(url, b""), 400, "empty"),
+        "too many pixels": (post(url, png_bytes(200, 100)), 413, "20000 pixels"),
+        "too long once resized": (post(url, png_bytes(150, 10)), 413, "resizes to 840x56"),
+        # within the multipart overhead: refused after reading the file
+        "too many bytes": (post(url, b"x" * (MAX_UPLOAD + 10)), 413, "upload limit"),
+        # far beyond: refused from the Content-Length header
+        "far too many bytes": (post(url, b"x" * (MAX_UPLOAD * 3)), 413, "exceeds the limit"),
+        "missing field": (post(url, raw, field="image"), 422, "named 'file'"),
+        "bad map value": (post(url, raw, map="jpeg"), 422, "map"),
+    }
+    for what, (r, status, text) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert text in r.json()["error"], (what, r.json())
+    assert httpx.post(f"{url}/predict", data={"x": "1"}).status_code == 422
+    assert httpx.get(f"{url}/health").status_code == 200  # still serving
+
+
+def test_load_200_requests_8_at_a_time(served, tmp_path):
+    url, model, images = served
+    paths = images["test"] + [make_image(tmp_path / "wide.png", 7, True, size=(90, 50))]
+    want = [model.predict([p], maps=False)[0].to_dict() for p in paths]
+    data = [p.read_bytes() for p in paths]
+
+    def one(i: int):
+        k = i % len(paths)
+        r = post(url, data[k], name=f"{i}.png", map="none")
+        return i, k, r.status_code, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(200)))
+    assert all(status == 200 for _, _, status, _ in results)
+    for i, k, _, body in results:
+        assert body["filename"] == f"{i}.png"
+        assert {f: body[f] for f in want[k]} == want[k]
