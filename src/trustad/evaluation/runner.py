@@ -85,7 +85,6 @@ class Evaluation:
             self.store.record_weights(source.to_dict())
         self.clock = Stopwatch()
         self.failures: dict[str, str] = {}
-        self.selected: set[WorkUnit] = set()  # the (category, seed) units run() was given
         self.skipped: list[str] = []  # files and units left out, with the reason
         self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
         self.computed = 0  # units computed by this run
@@ -102,13 +101,10 @@ class Evaluation:
         return self.runtime.images_seen
 
     def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
-        """Run the work units (category, seed) the settings ask for (those of their shard),
-        or only ``units``; returns every result row of the store."""
+        """Run the (category, seed) units of the settings (of their shard), or ``units``."""
         s = self.s
-        if units is None:
-            units = run_units(s, list_categories(s.dataset, s.root, s.categories))
-        self.selected = set(units)
-        categories = list(dict.fromkeys(c for c, _ in units))
+        units = units or run_units(s, list_categories(s.dataset, s.root, s.categories))
+        self.selected, categories = set(units), list(dict.fromkeys(c for c, _ in units))
         t0 = time.time()
         plan = make_plan(s, self._is_done)
         self.already_done = sum(c.done for c in plan.categories)
@@ -132,9 +128,7 @@ class Evaluation:
 
     def _is_done(self, unit: Unit) -> bool:
         # Units outside the selection (another shard's) count as done: nothing plans them.
-        if (unit.category, unit.seed) not in self.selected:
-            return True
-        return self.store.done(*astuple(unit))
+        return (unit.category, unit.seed) not in self.selected or self.store.done(*astuple(unit))
 
     # -- planning -----------------------------------------------------------------------
     def _pending(self, data: CategoryData) -> list[Group]:
