@@ -6,8 +6,9 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch first, pinned: a bare requirement would pull a multi-GB CUDA build on CPU machines.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev,serve]"
-# The web page's browser test drives Debian's chromium; install it where we may (as root).
+.venv/bin/pip install -q -e ".[dev,serve,ray]"
+# Debian's chromium drives the browser tests (the web page, the report); install it where we
+# may (as root).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null

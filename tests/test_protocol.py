@@ -119,8 +119,9 @@ def test_attacks_add_conditions(dataset, tmp_path):
             assert r["flag_auroc_platt"] != ""
     text = summary(read_results(tmp_path))
     assert "clean / fgsm eps=8/255" in text
-    examples = sorted(p.name for p in (tmp_path / "examples" / "brick").iterdir())
+    examples = sorted(p.name for p in (tmp_path / "examples" / "brick").glob("*.png"))
     assert len(examples) == 2 * 7  # one anomalous image: input PNG and panel, 7 conditions
+    assert len(list((tmp_path / "examples" / "brick").glob("*_map.npy"))) == 7
     assert "test_color_spot_000_fgsm_eps8_input.png" in examples
     # eps is written in full, so the attack units are found done on resume.
     written = _read(tmp_path / "results.csv")
@@ -280,7 +281,10 @@ def test_platt_options_reach_results_and_figures(dataset, tmp_path):
     pooled = calibrated_scores(scores, 1)
     np.testing.assert_allclose(pooled["clean"]["platt"], p)
     figures = write_figures(tmp_path)
-    assert [f.name for f in figures] == ["reliability_1shot.png", "entropy_1shot.png"]
+    assert [f.name for f in figures] == [
+        "reliability_folder_1shot.png",
+        "entropy_folder_1shot.png",
+    ]
     assert all(f.stat().st_size > 0 for f in figures)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..evaluation import settings as run_settings
 from .evaluate import add_runtime_options
 
-# The demo's grid: every other setting is the protocol's default.
-DEMO_SETTINGS = {"shots": [1, 2], "seeds": 1, "attacks": ["fgsm"], "save_examples": 2}
+# The demo runs the quick protocol preset (evaluation/presets.py) on synthetic data.
+DEMO_PROTOCOL = "quick"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,15 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="evaluate on a small synthetic texture dataset (a few minutes on a CPU)",
         description="Builds a synthetic MVTec-layout dataset from scikit-image's texture "
-        "photographs, runs clean and FGSM evaluation at 1 and 2 shots with real DINOv2 "
-        "weights, prints the tables and writes results, a report and anomaly-map pictures.",
+        "photographs, runs the quick protocol (clean and FGSM 8/255 at 1 and 2 shots, seed "
+        "0) with real DINOv2 weights, prints the tables and writes results and report.html.",
     )
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--test-good", type=int, default=8, help="normal test images per category")
     p.add_argument("--test-defect", type=int, default=8, help="defective test images per category")
-    run_settings.add_arguments(
-        p, overrides=DEMO_SETTINGS, exclude=("dataset", "root", "categories")
-    )
+    run_settings.add_arguments(p, exclude=("dataset", "root", "categories"))
     add_runtime_options(p)
     p.set_defaults(func=run_demo)
 
@@ -38,7 +36,10 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data_root = out / "data"
     t0 = time.time()
-    settings = run_settings.from_arguments(args, dataset="folder", root=str(data_root))
+    protocol = getattr(args, "protocol", None) or DEMO_PROTOCOL
+    settings = run_settings.from_arguments(
+        args, protocol=protocol, dataset="folder", root=str(data_root)
+    )
     if not (data_root / "dataset.json").exists():
         print(f"building the synthetic dataset in {data_root}")
         make_synthetic_dataset(
@@ -48,7 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
             n_test_defect=args.test_defect,
             seed=0,
         )
-    run = execute(settings, out / "results", args.device, args.quiet)
+    run = execute(
+        settings, out / "results", args.device, args.quiet, args.executor, args.address, protocol
+    )
     print(f"anomaly-map pictures: {out / 'results' / 'examples'}")
     print(f"demo finished in {time.time() - t0:.0f} s")
     return left_out(run)

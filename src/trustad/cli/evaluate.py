@@ -21,6 +21,18 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="nothing on the terminal but the closing summary (run.log keeps everything)",
     )
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this process; ray: one Ray task per (category, seed), on the cluster at "
+        "--address (needs `pip install trustad[ray]`)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: a local Ray instance, or RAY_ADDRESS)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="run the evaluation protocol (shots x seeds x attacks) on a dataset",
         description="Runs AnomalyDINO over categories x shots x seeds x conditions, writes "
-        "results.csv, scores.csv, run.json and report.md into --out, and prints a summary. "
-        "Rerunning with the same --out resumes.",
+        "results.csv, scores.csv, run.json, report.html, report.md and tables/ into --out, "
+        "and prints a summary. Rerunning with the same --out resumes. --protocol paper runs "
+        "the paper's study (PROTOCOL.md); options given beside it override it.",
     )
     p.add_argument("--out", required=True, help="output folder")
     run_settings.add_arguments(p)
@@ -42,46 +55,75 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_evaluate)
 
-    r = sub.add_parser("report", help="print and write report.md from an evaluation folder")
-    r.add_argument("out", help="folder holding results.csv")
+    r = sub.add_parser(
+        "report",
+        help="write report.html, report.md and tables from run folders (several: merged)",
+        description="Writes report.html (self-contained), report.md, tables/*.csv|tex and "
+        "the figures into the run folder. Several folders (shards) are first merged into "
+        "--out, refusing folders whose settings or weights differ.",
+    )
+    r.add_argument("folders", nargs="+", metavar="DIR", help="run folders")
+    r.add_argument("--out", help="merged folder (required with several DIRs)")
     r.set_defaults(func=run_report)
+
+    m = sub.add_parser(
+        "merge",
+        help="combine shard folders into one run folder and report it",
+        description="Merges run folders computed with equal settings (apart from --shard "
+        "and batch size) and the same weights into --out, then writes its report.",
+    )
+    m.add_argument("folders", nargs="+", metavar="DIR", help="run folders (shards)")
+    m.add_argument("--out", required=True, help="merged folder")
+    m.set_defaults(func=run_report)
 
 
 def execute(
-    settings: run_settings.EvaluationSettings, out: str | Path, device: str, quiet: bool
+    settings: run_settings.EvaluationSettings,
+    out: str | Path,
+    device: str,
+    quiet: bool,
+    executor: str = "local",
+    address: str | None = None,
+    protocol: str | None = None,
 ) -> Evaluation:
     """Check the output folder and the device, load the backbone, run the grid, write the
     report, print the tables and the closing summary. Everything shown is also written to
-    ``out``/run.log."""
+    ``out``/run.log. ``executor`` "ray" runs the work units as Ray tasks instead."""
     import time
 
     from ..backbone.runtime import resolve_device
     from ..evaluation.progress import LOGGER, Progress
     from ..evaluation.runlog import RunSummary, always, check_output_folder, run_logging
-    from ..report import summary, write_figures, write_report
+    from ..report import summary, write_study_report
 
     check_output_folder(out)  # before anything is loaded or written
     target = resolve_device(device)
     t0 = time.time()
     with run_logging(out, quiet) as log_path:
-        backbone = _load_backbone(settings, target)
         progress = Progress(not quiet)
-        run = Evaluation(settings, backbone, out, progress=progress)
+        if executor == "ray":
+            from ..evaluation.distributed import RayEvaluation
+
+            run = RayEvaluation(settings, out, device=device, address=address, progress=progress)
+        else:
+            run = Evaluation(settings, _load_backbone(settings, target), out, progress=progress)
+        if protocol:
+            run.store.record("protocol", protocol)
         rows = run.run()
-        with progress.bar("report and figures", 2, "file") as bar:
-            path = write_report(out)
-            bar.update()
-            figures = write_figures(out)
-            bar.update()
+        paths = None
+        if rows:
+            with progress.bar("report and figures", 1, "report") as bar:
+                paths = write_study_report(out)
+                bar.update()
         table = summary(rows)
         LOGGER.debug("results:\n" + table)
         print(table)
         print(
             f"\nresults: {Path(out) / 'results.csv'}  scores: {Path(out) / 'scores.csv'}  "
-            f"report: {path}  log: {log_path}"
+            f"log: {log_path}"
         )
-        if figures:
-            print("figures: " + ", ".join(str(f) for f in figures))
+        if paths:
+            print(f"report: {paths['html']} (also {paths['markdown'].name}, tables/*.csv|tex)")
         closing = RunSummary(
             run.computed,
             run.already_done,
@@ -139,15 +181,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plan:
         show_plan(settings, args.out, args.device)
         return 0
-    return left_out(execute(settings, args.out, args.device, args.quiet))
+    protocol = getattr(args, "protocol", None)
+    run = execute(
+        settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
+    )
+    return left_out(run)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..report import read_results, summary, write_figures, write_report
+    from ..evaluation.merge import merge_runs
+    from ..report import read_results, summary, write_study_report
 
-    rows = read_results(args.out)
-    print(summary(rows))
-    print(f"\nreport: {write_report(args.out)}")
-    for figure in write_figures(args.out):
+    folder = args.folders[0]
+    if len(args.folders) > 1 or args.out:
+        if not args.out:
+            raise ValueError("several run folders are merged: give the merged folder as --out")
+        store = merge_runs(args.folders, args.out)
+        folder = store.out
+        print(f"merged {len(args.folders)} folders into {folder}: {len(store.rows)} result rows")
+    print(summary(read_results(folder)))
+    paths = write_study_report(folder)
+    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, tables/*.csv|tex)")
+    for figure in paths["figures"]:
         print(f"figure: {figure}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,10 +54,16 @@ def save_examples(
     unit: Unit,
     count: int,
 ) -> None:
-    """For the first ``count`` anomalous test images: the scored input as a PNG, and a
-    panel of input, ground truth and anomaly map."""
+    """For ``count`` test images (the first normal one and the first anomalous ones, as
+    the paper's Figure 1b shows a normal image): the scored input as a PNG, its patch
+    distance grid (.npy), a panel of input, ground truth and anomaly map, and an entry in
+    the folder's ``index.json`` that the report reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i in np.argsort(-labels, kind="stable")[:count]:
+    anomalous = [int(i) for i in np.flatnonzero(labels == 1)]
+    normal = [int(i) for i in np.flatnonzero(labels == 0)][:1] if count > 1 else []
+    index_path = folder / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else []
+    for i in normal + anomalous[: count - len(normal)]:
         stem = Path(samples[i].image_id).with_suffix("").as_posix().replace("/", "_")
         tag = f"{stem}_{unit.condition}"
         if unit.condition != CLEAN:
@@ -69,3 +76,18 @@ def save_examples(
         example_figure(
             folder / f"{tag}.png", img, truth, anomaly_map(distances[i], sizes[i]), title
         )
+        np.save(folder / f"{tag}_map.npy", distances[i].detach().float().cpu().numpy())
+        entry = {
+            "image": samples[i].image_id,
+            "label": int(labels[i]),
+            "condition": unit.condition,
+            "eps": unit.eps,
+            "shots": unit.shots,
+            "score": score,
+            "input": f"{tag}_input.png",
+            "map": f"{tag}_map.npy",
+        }
+        index = [e for e in index if e["input"] != entry["input"]] + [entry]
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(index_path)

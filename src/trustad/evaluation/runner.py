@@ -14,7 +14,7 @@ import functools
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from .rows import (
 )
 from .settings import CLEAN, EvaluationSettings
 from .store import TIMING_COLUMNS, ResultStore
+from .units import WorkUnit, run_units
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
 Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
@@ -100,9 +101,11 @@ class Evaluation:
         """Images passed through the backbone without gradient so far."""
         return self.runtime.images_seen
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
+        """Run the (category, seed) units of the settings (of their shard), or ``units``."""
         s = self.s
-        categories = list_categories(s.dataset, s.root, s.categories)
+        units = units or run_units(s, list_categories(s.dataset, s.root, s.categories))
+        self.selected, categories = set(units), list(dict.fromkeys(c for c, _ in units))
         t0 = time.time()
         plan = make_plan(s, self._is_done)
         self.already_done = sum(c.done for c in plan.categories)
@@ -125,7 +128,8 @@ class Evaluation:
         return self.store.rows
 
     def _is_done(self, unit: Unit) -> bool:
-        return self.store.done(*astuple(unit))
+        # Units outside the selection (another shard's) count as done: nothing plans them.
+        return (unit.category, unit.seed) not in self.selected or self.store.done(*astuple(unit))
 
     # -- planning -----------------------------------------------------------------------
     def _pending(self, data: CategoryData) -> list[Group]:

@@ -41,6 +41,27 @@ def parse_eps(text: str) -> float:
         ) from exc
 
 
+def parse_shard(text: str) -> str:
+    """A shard "I/N" (1 <= I <= N), returned in its normal form."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"shard must look like I/N, e.g. 1/4, got {text!r}"
+        ) from exc
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 1 <= I <= N, got {text!r}")
+    return f"{i}/{n}"
+
+
+def shard_parts(shard: str | None) -> tuple[int, int]:
+    """(I, N) of a shard; (1, 1) when there is none."""
+    if shard is None:
+        return 1, 1
+    i, n = parse_shard(shard).split("/")
+    return int(i), int(n)
+
+
 def parse_on_off(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -81,6 +102,14 @@ class EvaluationSettings:
     )
     shots: list[int] = option([1, 2, 4, 8, 16], "few-shot sizes k", group="grid")
     seeds: int = option(3, "number of seeds 0..N-1", group="grid")
+    shard: str | None = option(
+        None,
+        "run only part I of N of the (category, seed) work units, e.g. 1/4; each shard into "
+        "its own --out folder, combined by `trustad merge`",
+        group="grid",
+        parse=parse_shard,
+        metavar="I/N",
+    )
     resolution: int = option(DEFAULT_RESOLUTION, "smaller image edge in pixels", group="detector")
     backbone: str = option("dinov2_vits14", "DINOv2 variant", group="detector")
     weights: str | None = option(
@@ -184,7 +213,8 @@ class EvaluationSettings:
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_examples: int = option(
         0,
-        "save N adversarial images and maps per category and attack",
+        "save N test images (from 2 on, one of them normal) with their maps per category and "
+        "condition, at the first shots and seed 0 (the report's Figure 1b)",
         group="output",
         metavar="N",
     )
@@ -227,6 +257,10 @@ class EvaluationSettings:
             raise ValueError(
                 f"mask morphology must be one of {MASK_MORPHOLOGY}, got {self.mask_morphology!r}"
             )
+        try:
+            shard_parts(self.shard)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from exc
         category_defaults(self.dataset, "", self.preprocessing)  # checks both names
         self.probe(0)
         for name, eps in self.conditions()[1:]:
@@ -277,6 +311,9 @@ class EvaluationSettings:
 RESUME_FREE = frozenset(
     {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds", "flags"}
 )
+# Settings that may differ between the folders merged into one run: how the work was split
+# and run, never what was computed.
+MERGE_FREE = frozenset({"shard", "batch_size", "save_examples"})
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -290,29 +327,36 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    overrides: dict[str, Any] | None = None,
-    exclude: Iterable[str] = (),
-) -> None:
-    """One option per settings field, in argument groups; ``overrides`` changes defaults
-    (the demo's smaller grid), ``exclude`` leaves fields out (their defaults apply)."""
+def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> None:
+    """One option per settings field, in argument groups, and ``--protocol``; ``exclude``
+    leaves fields out (their defaults apply). An option not given is absent from the parsed
+    namespace (``argparse.SUPPRESS``), so that ``from_arguments`` can tell what the user
+    asked for from the defaults and lay it over a protocol preset."""
+    from .presets import PRESETS
+
     hints = typing.get_type_hints(EvaluationSettings)
-    overrides = overrides or {}
     groups: dict[str, argparse._ArgumentGroup] = {}
+    groups["grid"] = parser.add_argument_group("grid")
+    groups["grid"].add_argument(
+        "--protocol",
+        choices=tuple(PRESETS),
+        default=argparse.SUPPRESS,
+        help="a named set of settings: paper (the paper's study: shots 1 2 4 8 16, 3 seeds, "
+        "clean and FGSM 8/255) or quick (shots 1 2, 1 seed); other options override it",
+    )
     for f in fields(EvaluationSettings):
         if f.name in exclude:
             continue
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        default = overrides.get(f.name, f.default if f.default is not MISSING else None)
-        if f.default_factory is not MISSING and f.name not in overrides:
+        default = f.default if f.default is not MISSING else None
+        if f.default_factory is not MISSING:
             default = f.default_factory()
         kind, many = _base_type(hints[f.name])
         flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
         help_text = meta["help"]
-        kwargs: dict[str, Any] = dict(dest=f.name, help=help_text)
-        if f.default is MISSING and f.default_factory is MISSING and f.name not in overrides:
+        kwargs: dict[str, Any] = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
+        if f.default is MISSING and f.default_factory is MISSING:
             kwargs["required"] = True
         if kind is bool and hints[f.name] is bool and default is False:
             group.add_argument(flag, action="store_true", **kwargs)
@@ -335,16 +379,28 @@ def add_arguments(
             kwargs["choices"] = tuple(meta["choices"])
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
-        group.add_argument(flag, default=default, **kwargs)
+        group.add_argument(flag, **kwargs)
 
 
-def from_arguments(args: argparse.Namespace, **fixed: Any) -> EvaluationSettings:
-    """Settings from parsed arguments; ``fixed`` gives fields the parser did not offer.
-    Repeated list values (shots, attacks, eps) are dropped, keeping their order."""
-    values = dict(fixed)
-    for f in fields(EvaluationSettings):
-        if hasattr(args, f.name) and f.name not in fixed:
-            values[f.name] = getattr(args, f.name)
+def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave explicitly (options absent from ``args`` were not)."""
+    return {
+        f.name: getattr(args, f.name) for f in fields(EvaluationSettings) if hasattr(args, f.name)
+    }
+
+
+def from_arguments(
+    args: argparse.Namespace, protocol: str | None = None, **fixed: Any
+) -> EvaluationSettings:
+    """Settings from parsed arguments: the defaults, then the protocol preset (``--protocol``
+    or ``protocol``), then the options given, then ``fixed`` (fields the parser did not
+    offer). Repeated list values (shots, attacks, eps) are dropped, keeping their order."""
+    from .presets import preset
+
+    protocol = getattr(args, "protocol", None) or protocol
+    values = preset(protocol) if protocol else {}
+    values.update(given_arguments(args))
+    values.update(fixed)
     for name in ("shots", "attacks", "eps"):
         if name in values:
             values[name] = list(dict.fromkeys(values[name]))
