@@ -395,3 +395,24 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
         assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
     clean = next(r for r in rows if r["condition"] == "clean")
     assert "flag_auroc_stability" not in clean
+
+
+def test_the_report_shows_the_attack_flags(dataset, tmp_path):
+    from trustad.report.html import write_study_report
+
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["noise"],
+        calibration_fraction=0.4,
+        flags=["median", "stability"],
+    )
+    Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    written = write_study_report(tmp_path)
+    page = written["html"].read_text()
+    assert "Table 3b: attack flags" in page and 'alt="flags"' in page
+    table = (tmp_path / "tables" / "table3b_flags.csv").read_text().splitlines()
+    assert table[0].split(",")[-3:] == ["median", "stability", "best flag"]
+    assert table[1].split(",")[-1] in ("median", "stability")

@@ -16,7 +16,8 @@ import numpy as np
 
 from .. import calibration as cal
 from ..evaluation.settings import CLEAN
-from .tables import condition_label, num
+from ..flags import FLAGS
+from .tables import condition_label, num, read_results
 
 
 def _pyplot():
@@ -161,6 +162,37 @@ def examples_figure(out: str | Path, max_categories: int = 4) -> Any | None:
     return fig
 
 
+def flags_figure(results: Sequence[dict[str, Any]]) -> Any | None:
+    """Flag AUROC (attacked vs clean) per attack condition, one bar per flag, the entropy
+    flag (Platt) first; pooled as in Table 3b (mean over categories, then over seeds)."""
+    from .tables import aggregate, conditions
+
+    attacked = [c for c in conditions(results) if c[0] != CLEAN]
+    names = ["platt", *(f for f in FLAGS if any(r.get(f"flag_auroc_{f}") for r in results))]
+    if not attacked or len(names) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(attacked) * len(names) / 3), 3.6))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        stats = aggregate(results, f"flag_auroc_{name}")
+        values = []
+        for cond, eps in attacked:
+            found = [v[0] for k, v in stats.items() if k[-2:] == (cond, eps)]
+            values.append(float(np.nanmean(found)) if found else np.nan)
+        label = "entropy (Platt)" if name == "platt" else name
+        ax.bar(np.arange(len(attacked)) + i * width, values, width, label=label)
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(attacked)) + 0.4 - width / 2)
+    ax.set_xticklabels([condition_label(c, e) for c, e in attacked], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("flag AUROC, attacked vs clean")
+    ax.legend(fontsize=7, ncol=3)
+    fig.suptitle("Attack flags: how well each tells attacked from clean inputs")
+    fig.tight_layout()
+    return fig
+
+
 def study_figures(out: str | Path, shots: int | None = None) -> dict[str, Any]:
     """The figures of a run by name (matplotlib figures; the caller closes them)."""
     rows = read_scores(out)
@@ -168,6 +200,10 @@ def study_figures(out: str | Path, shots: int | None = None) -> dict[str, Any]:
     example = examples_figure(out)
     if example is not None:
         figures["figure1b"] = example
+    if (Path(out) / "results.csv").exists():
+        flags = flags_figure(read_results(out))
+        if flags is not None:
+            figures["flags"] = flags
     if not rows or "prob_platt" not in rows[0]:
         return figures  # written before scores.csv kept the probabilities
     shots = shots if shots is not None else min(int(r["shots"]) for r in rows)

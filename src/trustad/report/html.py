@@ -37,6 +37,7 @@ SECTIONS = (
     "table1",
     "table2",
     "table3",
+    "flags",
     "figure1b",
     "figure4",
     "figure5",
@@ -158,6 +159,11 @@ def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: 
         "table1": ("Table 1: detection", tables("table1_detection")),
         "table2": ("Table 2: calibration", tables("table2_calibration")),
         "table3": ("Table 3: entropy under attack", tables("table3_entropy")),
+        "flags": (
+            "Attack flags beyond entropy",
+            tables("table3b_flags")
+            + _figure(figures, "flags", "Flag AUROC per attack; 0.5 (dashed) is chance."),
+        ),
         "figure1b": (
             "Figure 1b: clean and attacked images",
             _figure(figures, "figure1b", "Inputs as scored and their patch-distance maps."),

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..evaluation.settings import CLEAN
 from ..evaluation.store import unique_rows
+from ..flags import FLAGS
 
 PM = " ± "
 
@@ -206,12 +207,49 @@ def entropy_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> 
     return Table(_name("table3_entropy", per_category), title, header, body)
 
 
+def flag_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> Table | None:
+    """Table 3b: every attack flag's AUROC (attacked vs clean evaluation images) and TPR at
+    the threshold set on clean calibration images, beside the entropy flag (Platt); the
+    best flag (highest AUROC) of each row is marked."""
+    attacked = [c for c in conditions(rows) if c[0] != CLEAN]
+    present = [f for f in FLAGS if any(not math.isnan(num(r.get(f"flag_auroc_{f}"))) for r in rows)]
+    if not attacked or not present:
+        return None
+    names = ["platt", *present]
+    auroc = {n: aggregate(rows, f"flag_auroc_{n}", per_category) for n in names}
+    tpr = {n: aggregate(rows, f"flag_tpr_{n}", per_category) for n in names}
+    body = []
+    for group in _groups(rows, per_category):
+        for cond, eps in attacked:
+            key = (*group, cond, eps)
+            means = {n: auroc[n][key][0] for n in present if key in auroc[n]}
+            means = {n: m for n, m in means.items() if not math.isnan(m)}
+            best = max(means, key=means.get) if means else "-"
+            cells = [
+                f"{_cell(auroc[n], key, 100.0, 1)} / {_cell(tpr[n], key, 100.0, 1)}" for n in names
+            ]
+            body.append([*map(str, group), condition_label(cond, eps), *cells, best])
+    header = [
+        *_head(per_category),
+        "attack",
+        "entropy (Platt)",
+        *present,
+        "best flag",
+    ]
+    title = (
+        "Table 3b: attack flags, AUROC / TPR at the set false-flag rate, % "
+        "(thresholds from clean calibration images)"
+    )
+    return Table(_name("table3b_flags", per_category), title, header, body)
+
+
 def all_tables(rows: Sequence[dict[str, Any]], per_category: bool = False) -> list[Table]:
     """The report's tables in order, those that have content."""
     tables = [
         detection_rows(rows, per_category),
         calibration_rows(rows, per_category),
         entropy_rows(rows, per_category),
+        flag_rows(rows, per_category),
         pixel_rows(rows, per_category),
         calibrator_rows(rows, per_category),
     ]
