@@ -118,8 +118,18 @@ def test_plan_of_a_partly_finished_run_lists_exactly_the_missing_units(
 
 @pytest.mark.parametrize("attacks", [["fgsm", "score-pgd"], ["noise", "pgd"]])
 def test_planned_passes_are_the_passes_the_run_makes(dataset, tmp_path, attacks):
-    settings = _settings(dataset, shots=[1, 2], seeds=2, attacks=attacks, categories=["brick"])
+    settings = _settings(
+        dataset, shots=[1, 2], seeds=2, attacks=attacks, categories=["brick"], flags=["none"]
+    )
     plan = make_plan(settings, done_in(set()))
+    flagged = _settings(
+        dataset, shots=[1, 2], seeds=2, attacks=attacks, categories=["brick"], flags=["stability"]
+    )
+    # stability: 3 passes on each clean and attacked image of every attacked unit, at most
+    n_test = len(list((dataset / "brick" / "test").rglob("*.png")))
+    attacked_units = 2 * 2 * len(attacks)
+    extra = make_plan(flagged, done_in(set())).forward - plan.forward
+    assert extra == 3 * 2 * n_test * attacked_units
     run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     calls = []
     backbone = run.runtime.backbone

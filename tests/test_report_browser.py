@@ -77,7 +77,7 @@ def test_report_in_a_browser(report, browser):
         browser.execute_script("arguments[0].scrollIntoView()", element)
         element.screenshot(f"/tmp/trustad_report_{section}.png")
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 3  # Figures 1b, 4 and 5
+    assert len(images) == 4  # Figures 1b, 4, 5 and the flags
     for img in images:  # decoded from the page itself: nothing is fetched
         assert browser.execute_script("return arguments[0].naturalWidth", img) > 300
     assert "Complete: all 16 result rows" in browser.find_element(By.ID, "status").text

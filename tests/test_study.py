@@ -182,7 +182,7 @@ def test_report_files(dataset, tmp_path):
         first = next(csv.DictReader(fh))
     assert first["shots"] == "1" and first["AUROC"].startswith(f"{mean * 100:.2f} ± ")
     assert {p.name for p in paths["figures"]} >= {
-        "figure1b.png", "reliability_folder_1shot.png", "entropy_folder_1shot.png"
+        "figure1b.png", "reliability_folder_1shot.png", "entropy_folder_1shot.png", "flags.png"
     }  # fmt: skip
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3 and 'src="http' not in page
+    assert page.count("data:image/png;base64,") == 4 and 'src="http' not in page

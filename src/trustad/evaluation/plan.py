@@ -23,6 +23,7 @@ from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import ROTATION_ANGLES
+from ..flags import FLAG_COSTS
 from .rows import Unit
 from .runlog import format_seconds
 from .settings import CLEAN, EvaluationSettings
@@ -103,6 +104,11 @@ class CategoryPlan:
         ]
 
 
+def flag_passes(settings: EvaluationSettings) -> int:
+    """Extra backbone passes per image of the attack flags the settings measure."""
+    return sum(FLAG_COSTS[f] for f in settings.flag_names())
+
+
 def category_plan(
     settings: EvaluationSettings, data: CategoryData, done: Callable[[Unit], bool]
 ) -> CategoryPlan:
@@ -124,6 +130,9 @@ def category_plan(
         attack = settings.attack(g.condition, g.eps)
         copies = len(g.shots) if attack.targets_score else 1
         plan.forward += copies * n
+        # Flags that re-run the backbone do so on the clean and the attacked images of
+        # every unit (an upper bound: clean statistics are shared once computed).
+        plan.forward += flag_passes(settings) * 2 * n * len(g.shots)
         plan.gradient += copies * n * gradient_steps(attack)
         if attack.targets_score:  # each step searches the bank, forward and backward
             plan.search += SEARCH_BACKWARD * n * views * sum(g.shots) * gradient_steps(attack)
