@@ -282,6 +282,7 @@ def test_platt_options_reach_results_and_figures(dataset, tmp_path):
     np.testing.assert_allclose(pooled["clean"]["platt"], p)
     figures = write_figures(tmp_path)
     assert [f.name for f in figures] == [
+        "flags.png",
         "reliability_folder_1shot.png",
         "entropy_folder_1shot.png",
     ]
