@@ -28,6 +28,28 @@ def make_tiny_vit(seed: int = 0, config: ViTConfig = TINY) -> DinoVisionTransfor
     return model.eval().requires_grad_(False)
 
 
+def small_synthetic(
+    tmp_path_factory,
+    categories: tuple[str, ...] = ("brick", "gravel"),
+    n_test_good: int = 4,
+    n_test_defect: int = 6,
+) -> Path:
+    """A small synthetic dataset (64 px, 4 training images per category) for run tests."""
+    from trustad.data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(
+        root,
+        categories=categories,
+        n_train=4,
+        n_test_good=n_test_good,
+        n_test_defect=n_test_defect,
+        size=64,
+        seed=0,
+    )
+    return root
+
+
 @pytest.fixture
 def tiny_vit() -> DinoVisionTransformer:
     return make_tiny_vit()

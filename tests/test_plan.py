@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tiny_vit
+from conftest import make_tiny_vit, small_synthetic
 
 from trustad.backbone.runtime import BackboneRuntime
 from trustad.cli import main
@@ -19,19 +19,7 @@ from trustad.evaluation.store import TIMING_COLUMNS, done_units, result_columns
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trustad.data import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root,
-        categories=("brick", "gravel"),
-        n_train=4,
-        n_test_good=2,
-        n_test_defect=3,
-        size=64,
-        seed=0,
-    )
-    return root
+    return small_synthetic(tmp_path_factory, n_test_good=2, n_test_defect=3)
 
 
 def _settings(root, **kw) -> EvaluationSettings:

@@ -8,7 +8,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_tiny_vit
+from conftest import make_tiny_vit, small_synthetic
 
 from trustad.cli import main
 from trustad.evaluation import progress as P
@@ -85,13 +85,7 @@ def test_stopwatch_takes_what_was_spent():
 # -- through the command line -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trustad.data import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root, categories=("brick",), n_train=4, n_test_good=3, n_test_defect=3, size=64, seed=0
-    )
-    return root
+    return small_synthetic(tmp_path_factory, ("brick",), 3, 3)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import make_tiny_vit
+from conftest import make_tiny_vit, small_synthetic
 
 from trustad import metrics
 from trustad.evaluation import Evaluation, EvaluationSettings, result_columns
@@ -15,19 +15,7 @@ from trustad.report import aggregate, read_results, summary
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trustad.data import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root,
-        categories=("brick", "gravel"),
-        n_train=4,
-        n_test_good=4,
-        n_test_defect=6,
-        size=64,
-        seed=0,
-    )
-    return root
+    return small_synthetic(tmp_path_factory)
 
 
 def _settings(root, **kw) -> EvaluationSettings:

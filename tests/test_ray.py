@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import small_synthetic
 from test_study import SRC, assert_same_run, quick
 from tiny_trustad import crash_once_backbone, tiny_backbone
 
@@ -31,14 +32,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trustad.data import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root, categories=("brick", "gravel"), n_train=4, n_test_good=4, n_test_defect=6,
-        size=64, seed=0,
-    )  # fmt: skip
-    return root
+    return small_synthetic(tmp_path_factory)
 
 
 def test_ray_executor_equals_the_plain_run(local_ray, dataset, tmp_path):

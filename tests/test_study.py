@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_vit
+from conftest import make_tiny_vit, small_synthetic
 
 from trustad.cli import main as cli_main
 from trustad.evaluation import Evaluation, EvaluationSettings
@@ -31,14 +31,7 @@ TINY_ARGS = ["--resolution", "56", "--probe-steps", "20", "--batch-size", "4", "
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trustad.data import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root, categories=("brick", "grass", "gravel"), n_train=4, n_test_good=4,
-        n_test_defect=6, size=64, seed=0,
-    )  # fmt: skip
-    return root
+    return small_synthetic(tmp_path_factory, ("brick", "grass", "gravel"))
 
 
 def quick(root, **kw) -> EvaluationSettings:
