@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ..detector import AnomalyDINO
-from ..flags import FlagInputs, calibrated_flags, flag_columns
+from ..flags.base import FlagInputs
+from ..flags.columns import calibrated_flags, columns_from_values
 from .rows import Split
 
 UnitKey = tuple[int, int]  # (shots, seed)
@@ -21,7 +22,7 @@ class UnitFlags:
     def __init__(self, names: Sequence[str], false_flag_rate: float) -> None:
         self.names = list(names)
         self.rate = false_flag_rate
-        self._flags: dict[UnitKey, dict] = {}
+        self._flags: dict[UnitKey, tuple[dict, dict]] = {}  # flags, clean statistics
 
     def columns(
         self,
@@ -44,8 +45,11 @@ class UnitFlags:
         except ValueError as exc:  # test images of several sizes cannot form one batch
             notes.append(f"flags left out: {exc}")
             return {}
-        if key not in self._flags:
-            calibration = clean_inputs.subset(split.calibration)
-            self._flags[key] = calibrated_flags(detector, calibration, self.names, self.rate)
         idx = split.evaluation
-        return flag_columns(self._flags[key], clean_inputs.subset(idx), attacked_inputs.subset(idx))
+        if key not in self._flags:  # once per detector: shared by every attack
+            calibration = clean_inputs.subset(split.calibration)
+            flags = calibrated_flags(detector, calibration, self.names, self.rate)
+            clean_eval = clean_inputs.subset(idx)
+            self._flags[key] = (flags, {n: f.statistic(clean_eval) for n, f in flags.items()})
+        flags, clean_values = self._flags[key]
+        return columns_from_values(flags, clean_values, attacked_inputs.subset(idx))

@@ -27,11 +27,19 @@ def flag_columns(
     """``flag_auroc_<name>`` (attacked vs clean evaluation images), ``flag_tpr_<name>``
     (share of attacked images above the clean-calibration threshold) and ``flag_ffr_<name>``
     (share of clean evaluation images above it: the realised false-flag rate)."""
+    clean_values = {name: flag.statistic(clean) for name, flag in flags.items()}
+    return columns_from_values(flags, clean_values, attacked)
+
+
+def columns_from_values(
+    flags: dict[str, BaseFlag], clean_values: dict[str, Any], attacked: FlagInputs
+) -> dict[str, float]:
+    """``flag_columns`` with the clean images' statistics computed earlier (they are the
+    same for every attack on the same detector)."""
     out: dict[str, float] = {}
     for name, flag in flags.items():
-        clean_values = flag.statistic(clean)
         attacked_values = flag.statistic(attacked)
-        out[f"flag_auroc_{name}"] = cal.flagging_auroc(clean_values, attacked_values)
+        out[f"flag_auroc_{name}"] = cal.flagging_auroc(clean_values[name], attacked_values)
         out[f"flag_tpr_{name}"] = float(flag.predict(attacked_values).mean())
-        out[f"flag_ffr_{name}"] = float(flag.predict(clean_values).mean())
+        out[f"flag_ffr_{name}"] = float(flag.predict(clean_values[name]).mean())
     return out
