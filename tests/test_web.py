@@ -1,6 +1,6 @@
 """The web page in a real headless Chromium: upload an image, see the answer.
 
-Set TRUSTAD_WEB_SCREENSHOT=/some/file.png to keep a copy of the screenshot for review.
+Set TRUSTAD_WEB_SCREENSHOT=/some/file.png to keep a copy of the screenshot to look at.
 """
 
 from __future__ import annotations
