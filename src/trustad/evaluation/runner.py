@@ -10,10 +10,8 @@ the bank and are computed per shots and seed. Rows come from ``rows``, persisten
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import astuple
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..attacks import AttackSettings, probe_objective, run_attack, score_loss, train_probe
+from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import BackboneRuntime, batches
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
@@ -32,10 +30,11 @@ from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
 from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
+from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import UnitFlags
-from .plan import Group, gradient_steps, make_plan, pending_groups, rotates_support
+from .plan import Group, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -85,6 +84,7 @@ class Evaluation:
             self.log.debug("weights: " + json.dumps(source.to_dict(), default=str))
             self.store.record_weights(source.to_dict())
         self.clock = Stopwatch()
+        self.attacker = Attacker(settings, self.runtime, self.log, self.clock)
         self.failures: dict[str, str] = {}
         self.skipped: list[str] = []  # files and units left out, with the reason
         self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
@@ -340,68 +340,6 @@ class Evaluation:
         return st.clean_distances[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
-    def _probe(self, st: CategoryState, seed: int, split: Split) -> torch.nn.Linear:
-        if seed not in st.probes:
-            settings = self.s.probe(seed)
-            train = range(len(st.images)) if settings.train_on == "test" else split.calibration
-            if len(train) == 0:
-                raise ValueError(
-                    f"{st.category}, seed {seed}: the probe is to be trained on the "
-                    "calibration split (probe_train_on='calibration'), but this category has "
-                    "none (see the clean rows' note); use probe_train_on='test'"
-                )
-            labels = probe_labels(st, self.s.resolution)
-            feats = torch.cat(
-                [st.clean_features[i].reshape(-1, st.clean_features[i].shape[-1]) for i in train]
-            )
-            targets = torch.cat([labels[i].reshape(-1) for i in train])
-            device = self.runtime.device
-            desc = f"[{st.category}] probe seed {seed}"
-            with self.clock("attack"), self.log.bar(desc, settings.steps, "step") as bar:
-                probe, history = train_probe(
-                    feats[None, None].to(device),
-                    targets[None, None].to(device),
-                    settings,
-                    on_step=bar.update,
-                )
-            st.probes[seed] = probe
-            if st.masks is None:
-                self.log.debug(f"[{st.category}] {IMAGE_LABEL_PROBE}")
-            self.log(
-                f"[{st.category}] probe seed {seed}: BCE {history[0]:.4f} -> {history[-1]:.4f}"
-            )
-        return st.probes[seed]
-
-    def _attack_images(
-        self,
-        st: CategoryState,
-        attack: AttackSettings,
-        objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None],
-        seed: int,
-    ) -> list[Tensor]:
-        """Attacked versions of every test image, batch by batch."""
-        device = self.runtime.device
-        gen = torch.Generator(device=device)
-        gen.manual_seed(zlib.crc32(f"{st.category}/{attack.name}/{attack.eps}/{seed}".encode()))
-        what = f"[{st.category}] {attack.name} eps={attack.eps:.4g} seed {seed}"
-        steps = max(gradient_steps(attack), 1)  # PGD: one bar step per image and PGD step
-        out: list[Tensor] = []
-        unit = "img-step" if steps > 1 else "img"
-        with self.clock("attack"), self.log.bar(what, steps * len(st.images), unit) as bar:
-            for start, batch in batches(st.images, self.s.batch_size):
-                adv = run_attack(
-                    batch.to(device),
-                    attack,
-                    objective=objective_for(list(range(start, start + len(batch)))),
-                    generator=gen,
-                    autocast=self.runtime.gradients_bf16,
-                    on_step=functools.partial(bar.update, len(batch)) if steps > 1 else None,
-                )
-                if steps == 1:
-                    bar.update(len(batch))
-                out.extend(adv.detach().cpu())
-        return out
-
     def _adversarial(
         self,
         st: CategoryState,
@@ -425,14 +363,14 @@ class Evaluation:
                 def score_objective(idx: list[int]) -> Callable[[Tensor], Tensor]:
                     return score_loss(det, labels[idx].to(det.device))
 
-                adv = self._attack_images(st, attack, score_objective, seed)
+                adv = self.attacker.images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)
                 self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
         if attack.needs_objective:
-            probe = self._probe(st, seed, split)
+            probe = self.attacker.probe(st, seed, split)
             patch_labels = probe_labels(st, self.s.resolution)
             device = self.runtime.device
 
@@ -444,6 +382,6 @@ class Evaluation:
             def objective_for(idx: list[int]) -> None:
                 return None
 
-        adv = self._attack_images(st, attack, objective_for, seed)
+        adv = self.attacker.images(st, attack, objective_for, seed)
         feats = self._features(st, adv, f"{cond} features")
         return {k: (feats, det.foreground(feats), adv) for k in shots}
