@@ -188,6 +188,8 @@ class AnomalyDINO:
     ) -> None:
         if knn < 1:
             raise ValueError(f"knn must be >= 1, got {knn}")
+        if resolution % 14:
+            raise ValueError(f"resolution must be a multiple of 14, got {resolution}")
         if mask_morphology not in MASK_MORPHOLOGY:
             raise ValueError(
                 f"mask morphology must be one of {MASK_MORPHOLOGY}, got {mask_morphology!r}"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import BackboneRuntime, batches
+from ..calibration import CALIBRATORS
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -91,7 +92,7 @@ class Evaluation:
         self.computed = 0  # units computed by this run
         self.already_done = 0  # units found done in the output folder
         self.calibration_options = CalibrationOptions(
-            {name: settings.calibrator_options(name) for name in ("platt",)},
+            {name: settings.calibrator_options(name) for name in CALIBRATORS},
             settings.flag_rate,
             settings.conformal_alpha,
         )

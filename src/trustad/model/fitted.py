@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .. import __version__
 from ..backbone import load_backbone, resolve_weights
-from ..backbone.preprocess import DEFAULT_RESOLUTION, ImageInput
+from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
@@ -49,47 +49,29 @@ class FittedDetector:
 
     ``calibrator``: a name from ``SAVABLE_CALIBRATORS`` or None; ``conformal_alpha``: the
     guaranteed false-alarm rate of the conformal threshold, or None for none; ``flag``: a
-    name from ``model.flags.FLAGS`` or None. The other settings are AnomalyDINO's.
+    name from ``model.flags.FLAGS`` or None. ``detector_options`` are AnomalyDINO's
+    (resolution, rotate, mask_test, mask_support, mask_morphology, knn, batch_size, bf16).
     """
 
     def __init__(
         self,
         backbone: torch.nn.Module | BackboneRuntime,
         *,
-        resolution: int = DEFAULT_RESOLUTION,
-        rotate: bool = True,
-        mask_test: bool = False,
-        mask_support: bool = False,
-        mask_morphology: str = "grid",
-        knn: int = 1,
-        batch_size: int = 8,
-        bf16: bool = False,
         calibrator: str | None = DEFAULT_CALIBRATOR,
         calibrator_options: dict[str, Any] | None = None,
         conformal_alpha: float | None = DEFAULT_CONFORMAL_ALPHA,
         flag: str | None = DEFAULT_FLAG,
         flag_options: dict[str, Any] | None = None,
+        **detector_options: Any,
     ) -> None:
         if calibrator is not None and calibrator not in SAVABLE_CALIBRATORS:
             raise ValueError(
                 f"calibrator {calibrator!r} cannot be saved in a model file; choose one of "
                 f"{', '.join(SAVABLE_CALIBRATORS)} or none"
             )
-        if resolution % 14:
-            raise ValueError(f"resolution must be a multiple of 14, got {resolution}")
         if conformal_alpha is not None:
             ConformalThreshold(conformal_alpha)  # checks the range
-        self.detector = AnomalyDINO(
-            backbone,
-            resolution=resolution,
-            rotate=rotate,
-            mask_test=mask_test,
-            mask_support=mask_support,
-            mask_morphology=mask_morphology,
-            knn=knn,
-            batch_size=batch_size,
-            bf16=bf16,
-        )
+        self.detector = AnomalyDINO(backbone, **detector_options)
         self.calibrator = calibrator
         self.calibrator_options = dict(calibrator_options or {})
         self.conformal_alpha = conformal_alpha
