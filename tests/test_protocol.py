@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_vit, small_synthetic
 
+from trustad import calibration as cal
 from trustad import metrics
 from trustad.evaluation import Evaluation, EvaluationSettings, result_columns
 from trustad.report import aggregate, read_results, summary
@@ -379,11 +380,25 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
     )
     rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
     attacked = next(r for r in rows if r["condition"] == "noise")
-    for name in ("stability", "median", "exceed", "feature_norm", "combined"):
+    for name in ("stability", "median", "exceed", "feature_norm", "noise_level", "combined"):
         assert 0.0 <= attacked[f"flag_auroc_{name}"] <= 1.0
         assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
     clean = next(r for r in rows if r["condition"] == "clean")
     assert "flag_auroc_stability" not in clean
+    # Random sign noise of 8/255 on every pixel: the noise-level gate catches all of it, and
+    # every gated probability is the calibration images' anomaly rate.
+    scores = _read(tmp_path / "scores.csv")
+    noisy = [r for r in scores if r["condition"] == "noise"]
+    assert attacked["gated_share"] == 1.0 and all(r["gated"] == "1" for r in noisy)
+    y_cal = [int(r["label"]) for r in noisy if r["split"] == "calibration"]
+    y_eval = np.array([int(r["label"]) for r in noisy if r["split"] == "evaluation"])
+    base_rate = np.full(len(y_eval), np.mean(y_cal))
+    assert attacked["gated_ece_platt"] == pytest.approx(cal.ece(base_rate, y_eval))
+    assert attacked["gated_brier_platt"] == pytest.approx(cal.brier(base_rate, y_eval))
+    assert clean["gated_share"] <= 0.5
+    off = _settings(dataset, categories=["brick"], seeds=1, shots=[1], gate_flag="none")
+    plain = Evaluation(off, make_tiny_vit(), tmp_path / "off", progress=False).run()
+    assert all("gated_share" not in r for r in plain)
 
 
 def test_the_report_shows_the_attack_flags(dataset, tmp_path):

@@ -43,6 +43,7 @@ from .rows import (
     Split,
     Unit,
     calibration_split,
+    gated_columns,
     perturbation_columns,
     pixel_columns,
     result_row,
@@ -153,7 +154,7 @@ class Evaluation:
         with self.clock("features"):
             st = load_state(data, self.runtime, self.log, self._skip)
             st.model = self._model(category)
-            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
+            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate, self.s.gate())
             det = st.model.detector
             pending = self._readable_support(st, det, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -274,22 +275,20 @@ class Evaluation:
         clean = det.scores_from_distances(clean_dists)
         notes = list(st.notes)
         flag_cols = {}
+        clean_batch = (clean_dists, st.clean_features, st.images)
+        current = (dists, features, attacked or st.images)
         if attacked is not None:
             attack = self.s.attack(unit.condition, unit.eps)
             if attack.needs_objective and not attack.targets_score and st.masks is None:
                 notes.append(IMAGE_LABEL_PROBE)
-            flag_cols = st.flags.columns(
-                key,
-                det,
-                split,
-                (clean_dists, st.clean_features, st.images),
-                (dists, features, attacked),
-                notes,
-            )
+            flag_cols = st.flags.columns(key, det, split, clean_batch, current, notes)
+        gated = st.flags.gate(key, det, split, clean_batch, current, notes)
         row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         row.update(flag_cols)
+        if gated is not None:
+            row.update(gated_columns(probs, st.labels, split, gated))
         if self.s.pixel_metrics and st.masks is not None:
             desc = f"[{st.category}] pixel metrics"
             with self.log.bar(desc, 1, "step") as bar:
@@ -298,7 +297,7 @@ class Evaluation:
         if attacked is not None:
             row.update(perturbation_columns(st.images, attacked))
         image_ids = [t.image_id for t in st.data.test]
-        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs)
+        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs, gated)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
             save_examples(
                 self.store.out / "examples" / st.category,

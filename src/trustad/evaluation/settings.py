@@ -21,7 +21,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
-from ..flags import FLAG_COSTS, FLAGS
+from ..flags import DEFAULT_GATE_FLAG, FLAG_COSTS, FLAGS
 from ..model import DEFAULT_CONFORMAL_ALPHA
 
 CLEAN = "clean"
@@ -205,6 +205,13 @@ class EvaluationSettings:
         group="calibration",
         choices=(*FLAGS, "none"),
     )
+    gate_flag: str = option(
+        DEFAULT_GATE_FLAG,
+        "flag whose firing sets a test image's probability to the anomaly rate of the "
+        "calibration images (gated_* columns; scores.csv's gated); 'none' for no gate",
+        group="calibration",
+        choices=(*FLAGS, "none"),
+    )
     conformal_alpha: float = option(
         DEFAULT_CONFORMAL_ALPHA,
         "target false-alarm rate of the conformal threshold",
@@ -222,7 +229,7 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         # Everything is checked here, before any feature is computed: a bad value found
         # mid-run would be recorded in run.json and then block the corrected rerun.
-        unknown_flags = [f for f in self.flags if f not in (*FLAGS, "none")]
+        unknown_flags = [f for f in (*self.flags, self.gate_flag) if f not in (*FLAGS, "none")]
         if unknown_flags:
             raise ValueError(f"unknown flag(s) {unknown_flags}; expected some of {list(FLAGS)}")
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -290,6 +297,9 @@ class EvaluationSettings:
 
     def flag_names(self) -> list[str]:
         return [f for f in self.flags if f != "none"]
+
+    def gate(self) -> str | None:
+        return None if self.gate_flag == "none" else self.gate_flag
 
     def attack(self, name: str, eps: float) -> AttackSettings:
         return AttackSettings(
