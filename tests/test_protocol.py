@@ -420,3 +420,11 @@ def test_the_report_shows_the_attack_flags(dataset, tmp_path):
     table = (tmp_path / "tables" / "table3b_flags.csv").read_text().splitlines()
     assert table[0].split(",")[-3:] == ["median", "stability", "best flag"]
     assert table[1].split(",")[-1] in ("median", "stability")
+    # Calibration before and after the gate, per condition and calibrator.
+    assert "Table 3c: calibration per condition" in page
+    gated = list(csv.DictReader((tmp_path / "tables" / "table3c_gated.csv").open()))
+    assert {r["condition"] for r in gated} == {"clean", "noise eps=8/255"}
+    noise_platt = next(
+        r for r in gated if r["condition"] == "noise eps=8/255" and r["calibrator"] == "platt"
+    )
+    assert noise_platt["gated, %"].startswith("100.0")
