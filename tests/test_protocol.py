@@ -401,6 +401,29 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
     assert all("gated_share" not in r for r in plain)
 
 
+def test_the_adaptive_attack_is_a_condition(dataset, tmp_path):
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["adaptive", "score-pgd"],
+        pgd_steps=2,
+        calibration_fraction=0.4,
+        flags=["noise_level"],
+    )
+    assert settings.attack("adaptive", 8 / 255).coarse == 8
+    assert settings.attack("score-pgd", 8 / 255).coarse == 1
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    by_condition = {r["condition"]: r for r in rows}
+    adaptive, plain = by_condition["adaptive"], by_condition["score-pgd"]
+    assert adaptive["linf"] <= 8 / 255 + 1e-6
+    # The smooth attack keeps the pixel noise level far lower than per-pixel score-PGD.
+    assert adaptive["flag_tpr_noise_level"] < plain["flag_tpr_noise_level"]
+    with pytest.raises(ValueError, match="adaptive attack"):
+        _settings(dataset, attacks=["adaptive"], adaptive_coarse=0)
+
+
 def test_the_report_shows_the_attack_flags(dataset, tmp_path):
     from trustad.report.html import write_study_report
 

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from .backbone.runtime import autocast_context
 
-ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd")
+# "adaptive": score-PGD that also keeps an attack flag down (trustad.flags.adaptive).
+ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd", "adaptive")
 DEFAULT_EPS = 8 / 255
 PROBE_TRAIN_ON = ("test", "calibration")
 # Image pairs stacked per call of mean_linf_psnr on an accelerator.
@@ -112,7 +113,7 @@ class AttackSettings:
     @property
     def targets_score(self) -> bool:
         """True for the attacks on the detector's own score (else the probe, if any)."""
-        return self.name.startswith("score-")
+        return self.name.startswith("score-") or self.name == "adaptive"
 
     def to_dict(self) -> dict[str, Any]:
         # Record the step size actually used, not the None placeholder.
@@ -383,7 +384,7 @@ def run_attack(
         x_adv = fgsm(x, objective, settings.eps, autocast=autocast)
         if on_step is not None:
             on_step()
-    else:  # pgd, score-pgd
+    else:  # pgd, score-pgd, adaptive
         search = (
             pgd if settings.coarse == 1 else functools.partial(coarse_pgd, coarse=settings.coarse)
         )

@@ -1,6 +1,7 @@
 """Attack flags of a unit: each flag thresholded on the clean calibration images of its
 (category, shots, seed), then measured on this condition's evaluation images against the
-clean ones (``trustad.flags``); and the gate flag's decision on every test image."""
+clean ones (``trustad.flags``); the gate flag's decision on every test image; the flag an
+adaptive attacker keeps down."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from torch import Tensor
 
 from ..detector import AnomalyDINO
-from ..flags.base import FlagInputs
+from ..flags.base import BaseFlag, FlagInputs
 from ..flags.columns import calibrated_flags, columns_from_values
 from .rows import Split
 
@@ -20,27 +21,28 @@ Batch = tuple[list[Tensor], list[Tensor], list[Tensor]]  # distances, features, 
 
 class UnitFlags:
     """The calibrated flags of one category, per (shots, seed): the measured ``names`` and
-    the ``gate`` flag (None: no gate)."""
+    the ``gate`` flag (None: no gate). Each flag is calibrated once per detector and
+    shared by every condition."""
 
     def __init__(self, names: Sequence[str], false_flag_rate: float, gate: str | None) -> None:
         self.names = list(names)
         self.rate = false_flag_rate
         self.gate_name = gate
-        self._flags: dict[UnitKey, tuple[dict, dict]] = {}  # flags, clean statistics
+        self._flags: dict[UnitKey, dict[str, BaseFlag]] = {}
+        self._clean_values: dict[UnitKey, dict[str, np.ndarray]] = {}
 
-    def _calibrated(
-        self, key: UnitKey, detector: AnomalyDINO, split: Split, clean: FlagInputs
-    ) -> tuple[dict, dict]:
-        """Flags and their clean evaluation statistics, once per detector: shared by every
-        condition."""
-        if key not in self._flags:
-            gate = [self.gate_name] if self.gate_name else []
-            names = list(dict.fromkeys([*self.names, *gate]))
+    def flag(
+        self, key: UnitKey, name: str, detector: AnomalyDINO, split: Split, clean: FlagInputs
+    ) -> BaseFlag:
+        """Flag ``name`` calibrated on the clean calibration images of ``key``; ``detector``
+        must be fitted for ``key``."""
+        flags = self._flags.setdefault(key, {})
+        if name not in flags:
+            if len(split.calibration) == 0:
+                raise ValueError(f"flag {name!r} needs calibration images for its threshold")
             calibration = clean.subset(split.calibration)
-            flags = calibrated_flags(detector, calibration, names, self.rate)
-            clean_eval = clean.subset(split.evaluation)
-            self._flags[key] = (flags, {n: flags[n].statistic(clean_eval) for n in self.names})
-        return self._flags[key]
+            flags[name] = calibrated_flags(detector, calibration, [name], self.rate)[name]
+        return flags[name]
 
     def gate(
         self,
@@ -63,7 +65,7 @@ class UnitFlags:
         except ValueError as exc:
             notes.append(f"gate left out: {exc}")
             return None
-        flag = self._calibrated(key, detector, split, clean_inputs)[0][self.gate_name]
+        flag = self.flag(key, self.gate_name, detector, split, clean_inputs)
         return flag.predict(flag.statistic(inputs))
 
     def columns(
@@ -87,6 +89,10 @@ class UnitFlags:
         except ValueError as exc:  # test images of several sizes cannot form one batch
             notes.append(f"flags left out: {exc}")
             return {}
-        flags, clean_values = self._calibrated(key, detector, split, clean_inputs)
-        measured = {n: flags[n] for n in self.names}
-        return columns_from_values(measured, clean_values, attacked_inputs.subset(split.evaluation))
+        flags = {n: self.flag(key, n, detector, split, clean_inputs) for n in self.names}
+        values = self._clean_values.setdefault(key, {})
+        clean_eval = clean_inputs.subset(split.evaluation)
+        for name, flag in flags.items():
+            if name not in values:
+                values[name] = flag.statistic(clean_eval)
+        return columns_from_values(flags, values, attacked_inputs.subset(split.evaluation))

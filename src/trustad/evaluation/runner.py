@@ -17,6 +17,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +28,7 @@ from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
+from ..flags import FlagInputs, flag_aware_score_loss
 from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
 from ..model import FittedDetector
@@ -340,6 +342,21 @@ class Evaluation:
         return st.clean_distances[shots, seed]
 
     # -- attacks ------------------------------------------------------------------------
+    def _score_objective(
+        self, st: CategoryState, det: AnomalyDINO, name: str, shots: int, seed: int, split: Split
+    ) -> Callable[[list[int]], Callable[[Tensor], Tensor]]:
+        """The objective of a score attack on the images at given indices; the adaptive one
+        also keeps the flag down, which it knows with its clean calibration statistics."""
+        labels = torch.as_tensor(st.labels, dtype=torch.float32).to(det.device)
+        if name != "adaptive":
+            return lambda idx: score_loss(det, labels[idx])
+        clean_dists = self._clean_distances(st, det, shots, seed)
+        clean = FlagInputs(clean_dists, st.clean_features, st.images)
+        flag = st.flags.flag((shots, seed), self.s.adaptive_flag, det, split, clean)
+        spread = float(np.std(det.scores_from_distances(clean_dists)[split.calibration]))
+        lam = self.s.adaptive_lambda
+        return lambda idx: flag_aware_score_loss(det, labels[idx], flag, max(spread, 1e-6), lam)
+
     def _adversarial(
         self,
         st: CategoryState,
@@ -355,14 +372,10 @@ class Evaluation:
             self.log.debug(
                 f"[{st.category}] {cond} depends on the memory bank: computed per shots and seed"
             )
-            labels = torch.as_tensor(st.labels, dtype=torch.float32)
             out = {}
             for k in shots:
                 self._fit(det, st, k, seed)
-
-                def score_objective(idx: list[int]) -> Callable[[Tensor], Tensor]:
-                    return score_loss(det, labels[idx].to(det.device))
-
+                score_objective = self._score_objective(st, det, attack.name, k, seed, split)
                 adv = self.attacker.images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)
