@@ -82,6 +82,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
         assert p.decision == (p.score > model.conformal_.threshold_)
         assert p.decision == (p.p_value <= 0.5)
         assert p.flag == (value > model.flag_.threshold_)
+        assert p.gated_probability == (model.anomaly_rate if p.flag else p.probability)
 
 
 def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
@@ -99,7 +100,11 @@ def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
         rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
         signs = rng.choice([-8.0, 8.0], size=rgb.shape)
         noisy.append(np.clip(rgb + signs, 0, 255).astype(np.uint8))
-    assert all(p.flag for p in model.predict(noisy, maps=False))
+    flagged = model.predict(noisy, maps=False)
+    assert all(p.flag for p in flagged)
+    n_cal = {k: len(images[k]) for k in ("cal_good", "cal_bad")}
+    assert model.anomaly_rate == n_cal["cal_bad"] / (n_cal["cal_good"] + n_cal["cal_bad"])
+    assert all(p.gated_probability == model.anomaly_rate for p in flagged)
     again = FittedDetector.load(model.save(tmp_path / "m.safetensors"), tiny_vit)
     assert again.flag == "noise_level" and again.flag_.threshold_ == model.flag_.threshold_
 

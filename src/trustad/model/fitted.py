@@ -32,6 +32,7 @@ from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
+from ..flags import gate_probabilities
 from .file import ModelFileError, read_model_file, write_model_file
 from .flags import DEFAULT_FLAG, flag_from_state, image_statistics, make_flag
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
@@ -252,16 +253,26 @@ class FittedDetector:
             decision = self.conformal_.predict(s).astype(bool)
         elif self.decision_rule_ == "probability":
             decision = p >= 0.5
+        flag = None
+        if self.flag_ is not None and all(k in sig for k in self.flag_.needs):
+            flag = self.flag_.flag(sig)
         return {
             "score": s,
             "probability": p,
             "p_value": None if self.conformal_ is None else self.conformal_.p_values(s),
             "decision": decision,
             "entropy": sig.get("entropy"),
-            "flag": None
-            if self.flag_ is None or any(k not in sig for k in self.flag_.needs)
-            else self.flag_.flag(sig),
+            "flag": flag,
+            "gated_probability": None
+            if p is None or flag is None
+            else gate_probabilities(p, flag, self.anomaly_rate),
         }
+
+    @property
+    def anomaly_rate(self) -> float:
+        """The share of anomalous images among the calibration images."""
+        n_anom = self.calibration_["n_anomalous"]
+        return n_anom / max(n_anom + self.calibration_["n_normal"], 1)
 
     def predict_from_features(
         self,
