@@ -132,6 +132,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "calibration": [
         ("trustad.protocol", "Evaluation._calibration"),  # before
         ("trustad.evaluation.rows", "result_row"),  # after (image metrics inside: scoring)
+        ("trustad.evaluation.rows", "clean_calibration"),  # calibrators fitted once per detector
     ],
     "flags": [
         ("trustad.evaluation.flagging", "UnitFlags.columns"),  # attack flags beyond entropy

@@ -22,6 +22,7 @@ from ..model import FittedDetector
 from ..pixel_metrics import PixelTargets
 from .flagging import UnitFlags
 from .progress import Progress
+from .rows import CleanCalibration
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
@@ -39,6 +40,7 @@ class CategoryState:
     clean_features: list[Tensor] = field(default_factory=list)
     clean_foreground: list[Tensor] | None = None
     clean_distances: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
+    calibrations: dict[tuple[int, int], CleanCalibration] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)

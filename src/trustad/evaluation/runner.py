@@ -43,6 +43,7 @@ from .rows import (
     Split,
     Unit,
     calibration_split,
+    clean_calibration,
     perturbation_columns,
     pixel_columns,
     result_row,
@@ -271,7 +272,11 @@ class Evaluation:
         if attacked is None:
             st.clean_distances[key] = dists
         clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
-        clean = det.scores_from_distances(clean_dists)
+        if key not in st.calibrations:  # fitted once per detector, for every condition
+            st.calibrations[key] = clean_calibration(
+                det.scores_from_distances(clean_dists), st.labels, split, self.calibration_options
+            )
+        clean = st.calibrations[key]
         notes = list(st.notes)
         flag_cols = {}
         if attacked is not None:
