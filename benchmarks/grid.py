@@ -113,6 +113,8 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("trustad.detector", "AnomalyDINO.fit_features"),
         ("trustad.detector", "AnomalyDINO.foreground"),
         ("trustad.detector", "AnomalyDINO.distances_from_features"),
+        ("trustad.detector", "AnomalyDINO.distances_from_nearest"),
+        ("trustad.evaluation.nearest", "NearestParts.indices"),  # the 1-NN search by parts
         ("trustad.detector", "AnomalyDINO.scores_from_distances"),
         ("trustad.metrics", "image_metrics"),
     ],

@@ -21,6 +21,7 @@ from ..images import ImageReadError
 from ..model import FittedDetector
 from ..pixel_metrics import PixelTargets
 from .flagging import UnitFlags
+from .nearest import NearestParts
 from .progress import Progress
 from .rows import CleanCalibration
 
@@ -42,6 +43,7 @@ class CategoryState:
     clean_distances: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
     calibrations: dict[tuple[int, int], CleanCalibration] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
+    nearest: NearestParts = field(default_factory=NearestParts)  # bank search, per part
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device

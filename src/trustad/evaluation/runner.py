@@ -186,6 +186,8 @@ class Evaluation:
                 results.append(row)
                 scores.extend(unit_scores)
             self.store.add(results, scores)
+            if cond != CLEAN:  # its features are scored by no other unit
+                st.nearest.forget((cond, eps, seed))
             self.computed += len(results)
             self.units_bar.update(len(results))
 
@@ -266,7 +268,7 @@ class Evaluation:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         features, foreground, attacked = scored
         self._fit(det, st, unit.shots, unit.seed)
-        dists = det.distances_from_features(features, foreground)
+        dists = self._distances(st, det, unit, features, foreground)
         scores = det.scores_from_distances(dists)
         key = (unit.shots, unit.seed)
         if attacked is None:
@@ -340,10 +342,40 @@ class Evaluation:
         memory for the category; computed from the clean features when a resumed run
         needs them."""
         if (shots, seed) not in st.clean_distances:
-            st.clean_distances[shots, seed] = det.distances_from_features(
-                st.clean_features, st.clean_foreground
+            unit = Unit(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
+            st.clean_distances[shots, seed] = self._distances(
+                st, det, unit, st.clean_features, st.clean_foreground
             )
         return st.clean_distances[shots, seed]
+
+    def _test_set(self, unit: Unit) -> tuple | None:
+        """What identifies the features a unit scores across its category's units: clean,
+        or an attack that does not depend on the bank (once per seed and eps); None for
+        score attacks (computed per unit)."""
+        if unit.condition == CLEAN:
+            return (CLEAN,)
+        if self.s.attack(unit.condition, unit.eps).targets_score:
+            return None
+        return (unit.condition, unit.eps, unit.seed)
+
+    def _distances(
+        self,
+        st: CategoryState,
+        det: AnomalyDINO,
+        unit: Unit,
+        features: list[Tensor],
+        foreground: list[Tensor] | None,
+    ) -> list[Tensor]:
+        """Patch distances of a unit's test features to its (fitted) bank; the 1-NN search
+        goes part by part (one per support image) through the category's ``NearestParts``,
+        which keeps every part searched for a test set."""
+        key = self._test_set(unit)
+        if key is None or det.knn != 1 or det.mask_support:  # no parts to reuse
+            return det.distances_from_features(features, foreground)
+        paths = select_support(st.data.train, unit.shots, unit.seed)
+        sizes = [sum(v[..., 0].numel() for v in st.support_features[p]) for p in paths]
+        nearest = st.nearest.indices(key, features, det.memory_bank_, paths, sizes)
+        return det.distances_from_nearest(features, nearest, foreground)
 
     # -- attacks ------------------------------------------------------------------------
     def _adversarial(
