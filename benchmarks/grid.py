@@ -126,6 +126,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "pixel": [
         ("trustad.metrics", "pixel_auroc"),
         ("trustad.metrics", "aupro"),
+        ("trustad.metrics", "pooled_truth"),
         ("trustad.pixel_metrics", "pixel_targets"),
         ("trustad.pixel_metrics", "pixel_auroc_torch"),
         ("trustad.pixel_metrics", "aupro_torch"),

@@ -18,6 +18,7 @@ from ..backbone.preprocess import patch_mask, preprocess_mask
 from ..backbone.runtime import BackboneRuntime
 from ..data import CategoryData, Sample, load_mask
 from ..images import ImageReadError
+from ..metrics import PooledTruth
 from ..model import FittedDetector
 from ..pixel_metrics import PixelTargets
 from .flagging import UnitFlags
@@ -47,6 +48,7 @@ class CategoryState:
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device
+    pixel_truth: PooledTruth | None = None  # the same in numpy, for the CPU's metrics
     model: FittedDetector | None = None  # the category's detector, refitted per unit
     flags: UnitFlags | None = None  # attack flags, calibrated per (shots, seed)
 

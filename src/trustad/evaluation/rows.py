@@ -182,7 +182,9 @@ def conformal_columns(
     return out
 
 
-def pixel_columns(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, float]:
+def pixel_columns(
+    masks: Sequence[np.ndarray] | metrics.PooledTruth, maps: Sequence[np.ndarray]
+) -> dict[str, float]:
     return {"pixel_auroc": metrics.pixel_auroc(masks, maps), "aupro": metrics.aupro(masks, maps)}
 
 

@@ -29,6 +29,7 @@ from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
 from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
+from ..metrics import pooled_truth
 from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
@@ -327,7 +328,9 @@ class Evaluation:
         device = self.runtime.device
         maps = anomaly_maps_grouped([dists[i] for i in have], [st.sizes[i] for i in have], device)
         if device.type == "cpu":
-            return pixel_columns([st.masks[i] for i in have], [m.numpy() for m in maps])
+            if st.pixel_truth is None:  # the masks' regions, found once per category
+                st.pixel_truth = pooled_truth([st.masks[i] for i in have])
+            return pixel_columns(st.pixel_truth, [m.numpy() for m in maps])
         if st.pixel_targets is None:
             st.pixel_targets = pixel_targets([st.masks[i] for i in have], device)
         return {
