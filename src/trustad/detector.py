@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, rotate_rgb8
+from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8
+from .backbone.rotate import rotate_rgb8_torch
 from .backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from .maps import MAP_SIGMA, anomaly_maps_torch
 
@@ -282,8 +283,12 @@ class AnomalyDINO:
     def support_views(self, image: ImageInput) -> list[Tensor]:
         """The preprocessed views of one support image: itself, and its rotations."""
         rgb = load_rgb8(image)
-        angles = ROTATION_ANGLES if self.rotate else (0,)
-        return self.runtime.preprocess([rotate_rgb8(rgb, a) for a in angles])[0]
+        if not self.rotate:
+            return self.runtime.preprocess([rgb])[0]
+        # All angles in one call: each is rotate_rgb8's rotation, without its PIL round trips.
+        chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+        views = rotate_rgb8_torch(chw, ROTATION_ANGLES).permute(0, 2, 3, 1).numpy()
+        return self.runtime.preprocess(list(views))[0]
 
     def features(self, images: Sequence[Tensor]) -> list[Tensor]:
         return self.runtime.features(images)

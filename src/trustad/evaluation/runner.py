@@ -33,7 +33,7 @@ from ..metrics import pooled_truth
 from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
-from .category import CategoryState, load_state, probe_labels
+from .category import CategoryState, load_state, prefetched, probe_labels
 from .examples import save_examples
 from .flagging import UnitFlags
 from .plan import Group, make_plan, pending_groups, rotates_support
@@ -243,14 +243,30 @@ class Evaluation:
         self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
     ) -> list[Group]:
         """The pending units whose support images can all be read; the others are skipped
-        and said so (the drawn support set names the unreadable file)."""
+        and said so (the drawn support set names the unreadable file). Every support
+        image's features are computed here, its views prepared ahead in worker threads."""
+        drawn = {
+            (seed, k): select_support(st.data.train, k, seed)
+            for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots})
+        }
+        missing = [
+            p for p in dict.fromkeys(sum(drawn.values(), [])) if p not in st.support_features
+        ]
+        failed: dict[Path, ImageReadError] = {}
+        desc = f"[{st.category}] support features"
+        with self.log.bar(desc, len(missing)) as bar:
+            for path, views in prefetched(det.support_views, missing):
+                if isinstance(views, ImageReadError):
+                    failed[path] = views
+                else:
+                    st.support_features[path] = self.runtime.features(views)
+                bar.update()
         unreadable = set()
-        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots}):
-            try:
-                self._support_features(det, st, k, seed)
-            except ImageReadError as exc:
+        for (seed, k), paths in drawn.items():
+            bad = next((p for p in paths if p in failed), None)
+            if bad is not None:
                 unreadable.add((seed, k))
-                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {exc}")
+                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {failed[bad]}")
         out = []
         for seed, cond, eps, shots in pending:
             kept = [k for k in shots if (seed, k) not in unreadable]
