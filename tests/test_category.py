@@ -13,8 +13,9 @@ from trustad.backbone.preprocess import preprocess
 from trustad.backbone.runtime import BackboneRuntime
 from trustad.data import load_category
 from trustad.evaluation import Evaluation, EvaluationSettings
-from trustad.evaluation.category import CategoryImages, load_state, prefetched
+from trustad.evaluation.category import CategoryImages, load_state
 from trustad.evaluation.progress import Progress
+from trustad.evaluation.support import prefetched
 from trustad.images import ImageReadError
 
 

@@ -4,14 +4,12 @@ support features, probes; shared by every unit of work of the category."""
 from __future__ import annotations
 
 import functools
-import itertools
 import os
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar, overload
+from typing import overload
 
 import numpy as np
 import torch
@@ -36,8 +34,6 @@ from .progress import Progress
 from .rows import CleanCalibration
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -90,38 +86,6 @@ class CategoryImages(Sequence[Tensor]):
         if isinstance(i, slice):
             return [to_unit(t) for t in self.uint8[i]]
         return to_unit(self.uint8[i])
-
-
-def wait(future: Future[R]) -> R:
-    """A worker thread's result, waited for on the calling thread."""
-    return future.result()
-
-
-def prefetched(
-    fn: Callable[[T], R], items: Sequence[T], workers: int = DECODE_THREADS
-) -> Iterator[tuple[T, R | ImageReadError]]:
-    """(item, fn(item)) in order, computed ahead in worker threads, at most ``workers``
-    items ahead of the consumer (memory stays bounded); an unreadable image gives its
-    ``ImageReadError`` instead of a result. Decoding, rotation and Pillow's resize release
-    the GIL, so the consumer's backbone passes run meanwhile."""
-
-    def safe(item: T) -> R | ImageReadError:
-        try:
-            return fn(item)
-        except ImageReadError as exc:
-            return exc
-
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque = deque()
-        rest = iter(items)
-        for item in itertools.islice(rest, workers):
-            queue.append((item, pool.submit(safe, item)))
-        while queue:
-            item, future = queue.popleft()
-            result = wait(future)
-            for nxt in itertools.islice(rest, 1):
-                queue.append((nxt, pool.submit(safe, nxt)))
-            yield item, result
 
 
 def _preprocess_or_error(

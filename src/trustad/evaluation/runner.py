@@ -27,13 +27,12 @@ from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
-from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
 from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
-from .category import CategoryState, load_state, prefetched, probe_labels
+from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import UnitFlags
 from .plan import Group, make_plan, pending_groups, rotates_support
@@ -54,6 +53,7 @@ from .rows import (
 )
 from .settings import CLEAN, EvaluationSettings
 from .store import TIMING_COLUMNS, ResultStore
+from .support import readable_support, support_features
 from .units import WorkUnit, run_units
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
@@ -157,7 +157,7 @@ class Evaluation:
             st.model = self._model(category)
             st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
             det = st.model.detector
-            pending = self._readable_support(st, det, pending)
+            pending = readable_support(st, det, self.runtime, self.log, self._skip, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         with self.clock("features"):
             st.clean_foreground = det.foreground(st.clean_features)
@@ -223,56 +223,10 @@ class Evaluation:
                 bar.update(len(batch))
         return out
 
-    def _support_features(
-        self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int
-    ) -> list[Tensor]:
-        paths = select_support(st.data.train, shots, seed)
-        missing = [p for p in paths if p not in st.support_features]
-        if missing:
-            desc = f"[{st.category}] support features"
-            with self.clock("features"), self.log.bar(desc, len(missing)) as bar:
-                for path in missing:
-                    st.support_features[path] = self.runtime.features(det.support_views(path))
-                    bar.update()
-        return [f for p in paths for f in st.support_features[p]]
-
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
-        st.model.fit_features(self._support_features(det, st, shots, seed))
-
-    def _readable_support(
-        self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
-    ) -> list[Group]:
-        """The pending units whose support images can all be read; the others are skipped
-        and said so (the drawn support set names the unreadable file). Every support
-        image's features are computed here, its views prepared ahead in worker threads."""
-        drawn = {
-            (seed, k): select_support(st.data.train, k, seed)
-            for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots})
-        }
-        missing = [
-            p for p in dict.fromkeys(sum(drawn.values(), [])) if p not in st.support_features
-        ]
-        failed: dict[Path, ImageReadError] = {}
-        desc = f"[{st.category}] support features"
-        with self.log.bar(desc, len(missing)) as bar:
-            for path, views in prefetched(det.support_views, missing):
-                if isinstance(views, ImageReadError):
-                    failed[path] = views
-                else:
-                    st.support_features[path] = self.runtime.features(views)
-                bar.update()
-        unreadable = set()
-        for (seed, k), paths in drawn.items():
-            bad = next((p for p in paths if p in failed), None)
-            if bad is not None:
-                unreadable.add((seed, k))
-                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {failed[bad]}")
-        out = []
-        for seed, cond, eps, shots in pending:
-            kept = [k for k in shots if (seed, k) not in unreadable]
-            if kept:
-                out.append(Group(seed, cond, eps, kept))
-        return out
+        with self.clock("features"):
+            feats = support_features(st, det, self.runtime, self.log, shots, seed)
+        st.model.fit_features(feats)
 
     # -- one unit -----------------------------------------------------------------------
     def _unit(
