@@ -52,6 +52,7 @@ class CategoryState:
     calibrations: dict[tuple[int, int], CleanCalibration] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     nearest: NearestParts = field(default_factory=NearestParts)  # bank search, per part
+    perturbations: dict = field(default_factory=dict)  # L-inf/PSNR columns per attacked set
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device

@@ -189,6 +189,7 @@ class Evaluation:
             self.store.add(results, scores)
             if cond != CLEAN:  # its features are scored by no other unit
                 st.nearest.forget((cond, eps, seed))
+                st.perturbations.clear()
             self.computed += len(results)
             self.units_bar.update(len(results))
 
@@ -274,7 +275,10 @@ class Evaluation:
                 row.update(self._pixel_columns(st, dists))
                 bar.update()
         if attacked is not None:
-            row.update(perturbation_columns(st.images, attacked))
+            test_set = self._test_set(unit)  # the same inputs for every shot count: once
+            if test_set is None or test_set not in st.perturbations:
+                st.perturbations[test_set] = perturbation_columns(st.images, attacked)
+            row.update(st.perturbations[test_set])
         image_ids = [t.image_id for t in st.data.test]
         per_image = score_rows(unit, image_ids, st.labels, split, scores, probs)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
