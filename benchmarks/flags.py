@@ -43,8 +43,9 @@ from trustad.attacks import (
 )
 from trustad.backbone import preprocess, preprocess_mask
 from trustad.backbone.preprocess import patch_mask
+from trustad.backbone.runtime import BackboneRuntime
 from trustad.data import load_category, load_mask, make_synthetic_dataset
-from trustad.detector import AnomalyDINO, extract_features
+from trustad.detector import AnomalyDINO
 from trustad.flags import (
     FLAG_COSTS,
     FLAGS,
@@ -54,6 +55,7 @@ from trustad.flags import (
     defender_perturbation,
     fit_mixed_calibrator,
     flag_aware_score_loss,
+    gate_probabilities,
     make_flag,
 )
 
@@ -136,7 +138,8 @@ def score_attack(det, x, y, name, eps, target, score_scale, args) -> torch.Tenso
     """score-fgsm / score-pgd, or the adaptive score-PGD against ``target`` (a fitted flag)."""
     labels = as_label_tensor(y)
     kind = "score-fgsm" if name == "score-fgsm" else "score-pgd"
-    settings = AttackSettings(kind, eps / 255, steps=args.pgd_steps)
+    coarse = args.coarse if target is not None and kind == "score-pgd" else 1
+    settings = AttackSettings(kind, eps / 255, steps=args.pgd_steps, coarse=coarse)
     if target is None:
         return attack(x, None, settings, lambda idx: score_loss(det, labels[idx]), args.batch, 2)
     return attack(
@@ -147,6 +150,10 @@ def score_attack(det, x, y, name, eps, target, score_scale, args) -> torch.Tenso
         args.batch,
         2,
     )
+
+
+def extract_features(backbone, images, batch: int) -> list[torch.Tensor]:
+    return BackboneRuntime(backbone, batch_size=batch).features(images)
 
 
 def flag_stats(flags, det, feats, images) -> dict[str, np.ndarray]:
@@ -223,7 +230,8 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
             det, c.test[cal_idx], as_label_tensor(y_cal), max(args.eps) / 255
         )
         s_cal_def = scores_of(
-            det, det.distances_from_features(extract_features(backbone, list(x_cal_def)))
+            det,
+            det.distances_from_features(extract_features(backbone, list(x_cal_def), args.batch)),
         )
         score_scale = float(max(np.std(s_cal), 1e-6))
         for a, e in conditions:
@@ -267,21 +275,26 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
                 for n, ab in abstain.items():
                     m = abstaining_metrics(p_clean, y_eval, ab)
                     row[f"ece_abstain_{n}"], row[f"abstain_{n}"] = m["ece"], m["abstention"]
+                    gated = gate_probabilities(p_clean, ab, float(np.mean(y_cal)))
+                    row[f"ece_gated_{n}"] = cal.ece(gated, y_eval)
                 cal_rows.append(row)
         # Calibration on clean evaluation inputs too: the options must not break it.
         s_clean_eval = s_all[eval_idx]
+        clean_fired = {n: f.predict(clean_stats[n]) for n, f in flags.items()}
         for name in CALIBRATORS:
-            cal_rows.append(
-                dict(
-                    dataset=c.dataset, category=c.name, shots=shots, attack="none", eps=0,
-                    calibrator=name,
-                    ece=cal.ece(calibrator(name, s_cal, y_cal).predict_proba(s_clean_eval), y_eval),
-                    ece_mixed=cal.ece(
-                        calibrator(name, s_cal, y_cal, s_cal_def).predict_proba(s_clean_eval),
-                        y_eval,
-                    ),
-                )
+            p_clean = calibrator(name, s_cal, y_cal).predict_proba(s_clean_eval)
+            row = dict(
+                dataset=c.dataset, category=c.name, shots=shots, attack="none", eps=0,
+                calibrator=name, ece=cal.ece(p_clean, y_eval),
+                ece_mixed=cal.ece(
+                    calibrator(name, s_cal, y_cal, s_cal_def).predict_proba(s_clean_eval),
+                    y_eval,
+                ),
             )  # fmt: skip
+            for n, fired in clean_fired.items():
+                gated = gate_probabilities(p_clean, fired, float(np.mean(y_cal)))
+                row[f"ece_gated_{n}"] = cal.ece(gated, y_eval)
+            cal_rows.append(row)
         print(f"[{c.dataset}/{c.name}] {shots} shots done at {time.time() - t0:.0f} s", flush=True)
         if args.out:  # after every shot count, so that a long run keeps what it measured
             rows = {
@@ -337,7 +350,7 @@ def print_tables(flag_rows: list[dict], cal_rows: list[dict], args) -> None:
               + ", ".join(f"{f} {ffr[(f,)]['clean_ffr']:.2f}" for f in flags))  # fmt: skip
         crow = [r for r in cal_rows if r["dataset"] == dataset]
         cols = ["ece", "ece_mixed"] + [f"ece_abstain_{n}" for n in args.abstain]
-        cols += [f"abstain_{n}" for n in args.abstain]
+        cols += [f"abstain_{n}" for n in args.abstain] + [f"ece_gated_{n}" for n in args.abstain]
         cagg = mean_by(crow, ("attack", "calibrator"), tuple(cols))
         print(f"\n{dataset}: ECE of attacked evaluation images at {max(args.eps)}/255 "
               "('none': clean), mean over categories and shots\n")  # fmt: skip
@@ -366,6 +379,8 @@ def main() -> None:
     p.add_argument("--adaptive", nargs="*", default=["combined"],
                    help="flags attacked by an adaptive score-PGD")  # fmt: skip
     p.add_argument("--lam", type=float, default=1.0, help="adaptive attacker's flag weight")
+    p.add_argument("--coarse", type=int, default=1,
+                   help="adaptive attacker's perturbation grid: this many pixels per point")  # fmt: skip
     p.add_argument("--abstain", nargs="*", default=["combined"], help="flags to abstain on")
     p.add_argument("--flag-normals", type=int, default=0,
                    help="spare normal training images added to the flags' calibration data")  # fmt: skip

@@ -13,6 +13,7 @@ from trustad.attacks import (
     DEFAULT_EPS,
     AttackSettings,
     ProbeSettings,
+    coarse_pgd,
     fgsm,
     input_gradient,
     linf,
@@ -148,6 +149,27 @@ def test_pgd_stays_in_the_ball_and_beats_fgsm(probe_setup):
     # The same seed gives the same random start and hence the same result.
     again = pgd(x, loss_fn, EPS, steps=10, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, x_pgd)
+
+
+def test_coarse_pgd_is_smooth_stays_in_the_ball_and_raises_the_loss(probe_setup):
+    model, probe, x, labels = probe_setup
+    loss_fn = probe_objective(model, probe, labels)
+    x_mid = x.clamp(0.1, 0.9)  # no clipping: the perturbation is exactly the upsampled grid
+    x_adv = coarse_pgd(x_mid, loss_fn, EPS, coarse=8, steps=5, random_start=False)
+    delta = x_adv - x_mid
+    assert linf(x_mid, x_adv).max() <= EPS + 1e-6
+    assert loss_fn(x_adv).mean() > loss_fn(x_mid).mean()
+    # Linear between the 7 grid points of a row: second differences vanish except next to
+    # the 5 interior grid points (at most 10 of the 54 columns).
+    second = delta[..., 1:-1] * 2 - delta[..., :-2] - delta[..., 2:]
+    assert second.abs().amax() > 1e-4  # it is not flat
+    assert (second.abs() < 1e-6).float().mean() > 0.8
+    settings = AttackSettings("pgd", EPS, steps=2, coarse=8)
+    got = run_attack(x_mid, settings, objective=loss_fn, generator=torch.Generator().manual_seed(1))
+    want = coarse_pgd(x_mid, loss_fn, EPS, 8, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="coarse must be >= 1"):
+        AttackSettings("pgd", EPS, coarse=0)
 
 
 def test_one_step_pgd_without_start_is_fgsm(probe_setup):

@@ -23,14 +23,17 @@ from trustad.flags import (
     Flag,
     FlagInputs,
     MedianDistanceFlag,
+    NoiseLevelFlag,
     StabilityFlag,
     abstaining_metrics,
     calibrated_flags,
     fit_mixed_calibrator,
     flag_aware_score_loss,
     flag_columns,
+    gate_probabilities,
     make_flag,
 )
+from trustad.flags.noise_level import noise_response
 from trustad.flags.stability import blur, jpeg, shift
 
 # Flags that read the level of the map: lighting it everywhere must raise them.
@@ -236,3 +239,59 @@ def test_flags_follow_a_masking_detector(detector):
     for name in ("stability", "median", "feature_norm"):
         values = make_flag(name).calibrate(masked, inputs, 0.0).statistic(inputs)
         assert values.shape == (3,) and np.isfinite(values).all()
+
+
+def _textured_images(n: int, seed: int) -> torch.Tensor:
+    """Camera-like images (n, 3, 64, 64): smooth content and a slope, sensor noise of one
+    grey level, 8-bit values."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=gen)
+    smooth = F.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)
+    ramp = torch.linspace(0, 0.3, 64).view(1, 1, 1, 64)
+    noisy = 0.6 * smooth + ramp + torch.randn(n, 3, 64, 64, generator=gen) / 255
+    return (noisy.clamp(0, 1) * 255).round() / 255
+
+
+def test_noise_level_is_zero_on_planes_and_the_noise_sigma_on_noise():
+    plane = torch.linspace(0, 1, 40).view(1, 1, 1, 40) + torch.linspace(0, 0.5, 40).view(
+        1, 1, 40, 1
+    )
+    assert noise_response(plane.expand(1, 3, 40, 40)).abs().max() < 1e-6
+    gen = torch.Generator().manual_seed(0)
+    sigma = 0.05
+    noisy = 0.5 + sigma * torch.randn(2, 3, 200, 200, generator=gen)
+    # The response of Gaussian noise is Gaussian with standard deviation sigma.
+    assert noise_response(noisy).mean().item() == pytest.approx(
+        sigma * math.sqrt(2 / math.pi), rel=0.02
+    )
+
+
+def test_noise_level_flags_a_dense_sign_perturbation_not_a_local_defect():
+    images = _textured_images(12, seed=0)
+    d = _clean_maps(12)[:, :2, :2]
+    flag = NoiseLevelFlag().calibrate(None, FlagInputs(d[:8], images=images[:8]), 0.0)
+    test = images[8:].clone()
+    defect = test.clone()
+    # A defect: a small region of unrelated, rough content.
+    defect[:, :, 20:28, 20:28] = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert not flag.predict(flag.statistic(FlagInputs(d[8:], images=defect))).any()
+    gen = torch.Generator().manual_seed(2)
+    sign = torch.randint(0, 2, test.shape, generator=gen).float() * 2 - 1
+    attacked = (test + 2 / 255 * sign).clamp(0, 1)
+    assert flag.predict(flag.statistic(FlagInputs(d[8:], images=attacked))).all()
+    # The adaptive attacker's surrogate moves with it and has a gradient on every pixel.
+    x = attacked.clone().requires_grad_(True)
+    flag.surrogate(FlagInputs(d[8:], images=x)).sum().backward()
+    assert (x.grad[:, :, 1:-1, 1:-1] != 0).float().mean() > 0.5
+
+
+def test_gated_probabilities_fall_back_to_the_base_rate_where_the_flag_fires():
+    p = np.array([0.9, 0.1, 0.95, 0.2])
+    y = np.array([0, 0, 1, 1])
+    gated = gate_probabilities(p, [True, False, False, True], base_rate=0.5)
+    np.testing.assert_array_equal(gated, [0.5, 0.1, 0.95, 0.5])
+    assert cal.ece(gated, y) < cal.ece(p, y)
+    with pytest.raises(ValueError, match="4 probabilities and 3 flag decisions"):
+        gate_probabilities(p, [True] * 3, 0.5)
+    with pytest.raises(ValueError, match="base rate"):
+        gate_probabilities(p, [True] * 4, 1.5)

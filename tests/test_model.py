@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import make_tiny_vit
 from model_helpers import RES, make_part_folders
+from PIL import Image
 
 from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
-from trustad.model.flags import stability_values
+from trustad.model.flags import image_statistics
 
 
 @pytest.fixture
@@ -73,13 +74,39 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
     probs = model.calibrator_.predict_proba(scores)
     det = model.detector
     tensors, _ = det.runtime.preprocess(images["test"])
-    stability = stability_values(det, det.distances_from_features(det.features(tensors)), tensors)
+    dists = det.distances_from_features(det.features(tensors))
+    stability = image_statistics(det, ["stability"], dists, tensors)["stability"]
     for p, prob, value in zip(preds, probs, stability):
         assert p.anomaly_map is None
         assert p.probability == prob
         assert p.decision == (p.score > model.conformal_.threshold_)
         assert p.decision == (p.p_value <= 0.5)
         assert p.flag == (value > model.flag_.threshold_)
+        assert p.gated_probability == (model.anomaly_rate if p.flag else p.probability)
+
+
+def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
+    model = fitted(tiny_vit, images, flag="noise_level")
+    det = model.detector
+    tensors, _ = det.runtime.preprocess(images["test"])
+    dists = det.distances_from_features(det.features(tensors))
+    values = image_statistics(det, ["noise_level"], dists, tensors)["noise_level"]
+    preds = model.predict(images["test"], maps=False)
+    assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
+    # Dense sign noise of 8/255 lifts the noise level of every image above the threshold.
+    rng = np.random.default_rng(0)
+    noisy = []
+    for path in images["test"]:
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+        signs = rng.choice([-8.0, 8.0], size=rgb.shape)
+        noisy.append(np.clip(rgb + signs, 0, 255).astype(np.uint8))
+    flagged = model.predict(noisy, maps=False)
+    assert all(p.flag for p in flagged)
+    n_cal = {k: len(images[k]) for k in ("cal_good", "cal_bad")}
+    assert model.anomaly_rate == n_cal["cal_bad"] / (n_cal["cal_good"] + n_cal["cal_bad"])
+    assert all(p.gated_probability == model.anomaly_rate for p in flagged)
+    again = FittedDetector.load(model.save(tmp_path / "m.safetensors"), tiny_vit)
+    assert again.flag == "noise_level" and again.flag_.threshold_ == model.flag_.threshold_
 
 
 def test_the_entropy_flag_stays_available(tiny_vit, images):

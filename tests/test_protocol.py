@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_vit, small_synthetic
 
+from trustad import calibration as cal
 from trustad import metrics
 from trustad.evaluation import Evaluation, EvaluationSettings, result_columns
 from trustad.report import aggregate, read_results, summary
@@ -379,11 +380,48 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
     )
     rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
     attacked = next(r for r in rows if r["condition"] == "noise")
-    for name in ("stability", "median", "exceed", "feature_norm", "combined"):
+    for name in ("stability", "median", "exceed", "feature_norm", "noise_level", "combined"):
         assert 0.0 <= attacked[f"flag_auroc_{name}"] <= 1.0
         assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
     clean = next(r for r in rows if r["condition"] == "clean")
     assert "flag_auroc_stability" not in clean
+    # Random sign noise of 8/255 on every pixel: the noise-level gate catches all of it, and
+    # every gated probability is the calibration images' anomaly rate.
+    scores = _read(tmp_path / "scores.csv")
+    noisy = [r for r in scores if r["condition"] == "noise"]
+    assert attacked["gated_share"] == 1.0 and all(r["gated"] == "1" for r in noisy)
+    y_cal = [int(r["label"]) for r in noisy if r["split"] == "calibration"]
+    y_eval = np.array([int(r["label"]) for r in noisy if r["split"] == "evaluation"])
+    base_rate = np.full(len(y_eval), np.mean(y_cal))
+    assert attacked["gated_ece_platt"] == pytest.approx(cal.ece(base_rate, y_eval))
+    assert attacked["gated_brier_platt"] == pytest.approx(cal.brier(base_rate, y_eval))
+    assert clean["gated_share"] <= 0.5
+    off = _settings(dataset, categories=["brick"], seeds=1, shots=[1], gate_flag="none")
+    plain = Evaluation(off, make_tiny_vit(), tmp_path / "off", progress=False).run()
+    assert all("gated_share" not in r for r in plain)
+
+
+def test_the_adaptive_attack_is_a_condition(dataset, tmp_path):
+    settings = _settings(
+        dataset,
+        categories=["brick"],
+        seeds=1,
+        shots=[1],
+        attacks=["adaptive", "score-pgd"],
+        pgd_steps=2,
+        calibration_fraction=0.4,
+        flags=["noise_level"],
+    )
+    assert settings.attack("adaptive", 8 / 255).coarse == 8
+    assert settings.attack("score-pgd", 8 / 255).coarse == 1
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    by_condition = {r["condition"]: r for r in rows}
+    adaptive, plain = by_condition["adaptive"], by_condition["score-pgd"]
+    assert adaptive["linf"] <= 8 / 255 + 1e-6
+    # The smooth attack keeps the pixel noise level far lower than per-pixel score-PGD.
+    assert adaptive["flag_tpr_noise_level"] < plain["flag_tpr_noise_level"]
+    with pytest.raises(ValueError, match="adaptive attack"):
+        _settings(dataset, attacks=["adaptive"], adaptive_coarse=0)
 
 
 def test_the_report_shows_the_attack_flags(dataset, tmp_path):
@@ -405,3 +443,11 @@ def test_the_report_shows_the_attack_flags(dataset, tmp_path):
     table = (tmp_path / "tables" / "table3b_flags.csv").read_text().splitlines()
     assert table[0].split(",")[-3:] == ["median", "stability", "best flag"]
     assert table[1].split(",")[-1] in ("median", "stability")
+    # Calibration before and after the gate, per condition and calibrator.
+    assert "Table 3c: calibration per condition" in page
+    gated = list(csv.DictReader((tmp_path / "tables" / "table3c_gated.csv").open()))
+    assert {r["condition"] for r in gated} == {"clean", "noise eps=8/255"}
+    noise_platt = next(
+        r for r in gated if r["condition"] == "noise eps=8/255" and r["calibrator"] == "platt"
+    )
+    assert noise_platt["gated, %"].startswith("100.0")

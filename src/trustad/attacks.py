@@ -19,6 +19,7 @@ autocast: faster on CPU, but the gradient is approximate (see benchmarks/attacks
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 
 from .backbone.runtime import autocast_context
 
-ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd")
+# "adaptive": score-PGD that also keeps an attack flag down (trustad.flags.adaptive).
+ATTACKS = ("none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd", "adaptive")
 DEFAULT_EPS = 8 / 255
 PROBE_TRAIN_ON = ("test", "calibration")
 # Image pairs stacked per call of mean_linf_psnr on an accelerator.
@@ -81,6 +83,10 @@ class AttackSettings:
     steps: int = 10  # PGD only
     step_size: float | None = None  # PGD only; None: 2.5 * eps / steps
     random_start: bool = True  # PGD only
+    # PGD only: > 1 searches a perturbation on a grid this many times coarser, upsampled
+    # bilinearly: a smooth, low-frequency perturbation (what an attacker who knows a
+    # high-frequency flag such as ``noise_level`` would use).
+    coarse: int = 1
     round_8bit: bool = False  # round x_adv to multiples of 1/255 before scoring
 
     def __post_init__(self) -> None:
@@ -92,6 +98,8 @@ class AttackSettings:
             raise ValueError(f"attack steps must be >= 1, got {self.steps}")
         if self.step_size is not None and not self.step_size >= 0:
             raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        if self.coarse < 1:
+            raise ValueError(f"coarse must be >= 1, got {self.coarse}")
 
     @property
     def resolved_step_size(self) -> float:
@@ -105,7 +113,7 @@ class AttackSettings:
     @property
     def targets_score(self) -> bool:
         """True for the attacks on the detector's own score (else the probe, if any)."""
-        return self.name.startswith("score-")
+        return self.name.startswith("score-") or self.name == "adaptive"
 
     def to_dict(self) -> dict[str, Any]:
         # Record the step size actually used, not the None placeholder.
@@ -174,6 +182,41 @@ def pgd(
         if on_step is not None:
             on_step()
     return x_adv.detach()
+
+
+def coarse_pgd(
+    x: Tensor,
+    loss_fn: Objective,
+    eps: float,
+    coarse: int,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    autocast: bool = False,
+    on_step: Callable[[], None] | None = None,
+) -> Tensor:
+    """PGD over a perturbation on a grid ``coarse`` times coarser than x, bilinearly
+    upsampled: every pixel of x + delta stays within eps of x (an interpolation of values in
+    [-eps, eps] stays there), and delta is smooth between grid points."""
+    x = x.detach()
+    step = default_step_size(eps, steps) if step_size is None else step_size
+    h, w = x.shape[-2:]
+    grid = (max(1, -(-h // coarse)), max(1, -(-w // coarse)))
+
+    def perturbed(delta: Tensor) -> Tensor:
+        up = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=True)
+        return (x + up).clamp(0.0, 1.0)
+
+    delta = x.new_zeros((*x.shape[:-2], *grid))
+    if random_start:
+        delta = eps * (2.0 * _rand(delta, generator) - 1.0)
+    for _ in range(steps):
+        grad = input_gradient(delta, lambda d: loss_fn(perturbed(d)), autocast)
+        delta = (delta + step * grad.sign()).clamp(-eps, eps)
+        if on_step is not None:
+            on_step()
+    return perturbed(delta).detach()
 
 
 def sign_noise(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
@@ -341,8 +384,11 @@ def run_attack(
         x_adv = fgsm(x, objective, settings.eps, autocast=autocast)
         if on_step is not None:
             on_step()
-    else:  # pgd, score-pgd
-        x_adv = pgd(
+    else:  # pgd, score-pgd, adaptive
+        search = (
+            pgd if settings.coarse == 1 else functools.partial(coarse_pgd, coarse=settings.coarse)
+        )
+        x_adv = search(
             x,
             objective,
             settings.eps,

@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="score images with a model file from `trustad fit`",
         description="Writes one JSON line per image (score, probability, p_value, decision, "
-        "entropy, flag; error for a file that cannot be read). Exits with status 1 when any "
+        "entropy, flag, gated_probability; error for a file that cannot be read). Exits with "
+        "status 1 when any "
         "image failed. Rerunning with the same --out skips images already written.",
     )
     p.add_argument("model", help="model file written by `trustad fit`")

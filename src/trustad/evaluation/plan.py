@@ -54,7 +54,7 @@ def gradient_steps(attack: AttackSettings) -> int:
     """Forward+backward passes per image of an attack."""
     if not attack.needs_objective:
         return 0
-    return attack.steps if attack.name.endswith("pgd") else 1
+    return 1 if attack.name.endswith("fgsm") else attack.steps
 
 
 def pending_groups(
@@ -105,8 +105,10 @@ class CategoryPlan:
 
 
 def flag_passes(settings: EvaluationSettings) -> int:
-    """Extra backbone passes per image of the attack flags the settings measure."""
-    return sum(FLAG_COSTS[f] for f in settings.flag_names())
+    """Extra backbone passes per image of the attack flags the settings measure, and of
+    the gate flag."""
+    gate = [settings.gate()] if settings.gate() else []
+    return sum(FLAG_COSTS[f] for f in {*settings.flag_names(), *gate})
 
 
 def category_plan(
@@ -133,7 +135,9 @@ def category_plan(
         # Flags that re-run the backbone do so on the clean and the attacked images of
         # every unit (an upper bound: clean statistics are shared once computed).
         plan.forward += flag_passes(settings) * 2 * n * len(g.shots)
-        plan.gradient += copies * n * gradient_steps(attack)
+        # The adaptive attack differentiates through the flag's own backbone passes too.
+        passes = 1 + (FLAG_COSTS[settings.adaptive_flag] if attack.name == "adaptive" else 0)
+        plan.gradient += copies * n * gradient_steps(attack) * passes
         if attack.targets_score:  # each step searches the bank, forward and backward
             plan.search += SEARCH_BACKWARD * n * views * sum(g.shots) * gradient_steps(attack)
     return plan

@@ -14,6 +14,7 @@ from torch import Tensor
 from .. import calibration as cal
 from .. import metrics
 from ..attacks import linf, psnr
+from ..flags.robust import gate_probabilities
 from .settings import CLEAN
 from .store import FLAGGED_CALIBRATORS, TIMING_COLUMNS
 
@@ -111,8 +112,10 @@ def score_rows(
     split: Split,
     scores: np.ndarray,
     probs: dict[str, np.ndarray],
+    gated: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One scores.csv row per test image, with its probability under every calibrator."""
+    """One scores.csv row per test image, with its probability under every calibrator and
+    whether the gate flag fired on it (blank without a gate)."""
     in_cal = np.zeros(len(scores), dtype=bool)
     in_cal[split.calibration] = True
     key = unit.to_dict()
@@ -124,6 +127,7 @@ def score_rows(
             split="calibration" if in_cal[i] else "evaluation",
             score=float(scores[i]),
             **{f"prob_{name}": float(p[i]) for name, p in probs.items()},
+            gated="" if gated is None else int(gated[i]),
         )
         for i, image_id in enumerate(image_ids)
     ]
@@ -154,6 +158,24 @@ def calibration_columns(
             h_adv = cal.entropy(p)
             out[f"flag_auroc_{name}"] = cal.flagging_auroc(h_clean, h_adv)
             out[f"flag_tpr_{name}"] = cal.tpr_at_fpr(h_clean, h_adv, flag_rate)
+    return out
+
+
+def gated_columns(
+    probs: dict[str, np.ndarray], labels: np.ndarray, split: Split, fired: np.ndarray
+) -> dict[str, float]:
+    """Calibration metrics of the evaluation part after the gate: where the gate flag
+    ``fired`` (one decision per test image), the probability is the anomaly rate of the
+    calibration images. ``gated_share``: the share of evaluation images gated."""
+    idx = split.evaluation
+    y, gate = labels[idx], fired[idx]
+    base_rate = float(labels[split.calibration].mean())
+    out = {"gated_share": float(gate.mean())}
+    for name, p_all in probs.items():
+        p = gate_probabilities(p_all[idx], gate, base_rate)
+        out[f"gated_ece_{name}"] = cal.ece(p, y)
+        out[f"gated_nll_{name}"] = cal.nll(p, y)
+        out[f"gated_brier_{name}"] = cal.brier(p, y)
     return out
 
 

@@ -17,6 +17,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +28,7 @@ from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
+from ..flags import FlagInputs, flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
 from ..model import FittedDetector
@@ -44,6 +46,7 @@ from .rows import (
     Unit,
     calibration_split,
     clean_calibration,
+    gated_columns,
     perturbation_columns,
     pixel_columns,
     result_row,
@@ -155,7 +158,7 @@ class Evaluation:
         with self.clock("features"):
             st = load_state(data, self.runtime, self.log, self._skip)
             st.model = self._model(category)
-            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate)
+            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate, self.s.gate())
             det = st.model.detector
             pending = readable_support(st, det, self.runtime, self.log, self._skip, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -253,22 +256,20 @@ class Evaluation:
         clean = st.calibrations[key]
         notes = list(st.notes)
         flag_cols = {}
+        clean_batch = (clean_dists, st.clean_features, st.images)
+        current = (dists, features, attacked or st.images)
         if attacked is not None:
             attack = self.s.attack(unit.condition, unit.eps)
             if attack.needs_objective and not attack.targets_score and st.masks is None:
                 notes.append(IMAGE_LABEL_PROBE)
-            flag_cols = st.flags.columns(
-                key,
-                det,
-                split,
-                (clean_dists, st.clean_features, st.images),
-                (dists, features, attacked),
-                notes,
-            )
+            flag_cols = st.flags.columns(key, det, split, clean_batch, current, notes)
+        gated = st.flags.gate(key, det, split, clean_batch, current, notes)
         row, probs = result_row(
             unit, st.labels, scores, clean, split, self.calibration_options, notes
         )
         row.update(flag_cols)
+        if gated is not None:
+            row.update(gated_columns(probs, st.labels, split, gated))
         if self.s.pixel_metrics and st.masks is not None:
             desc = f"[{st.category}] pixel metrics"
             with self.log.bar(desc, 1, "step") as bar:
@@ -280,7 +281,7 @@ class Evaluation:
                 st.perturbations[test_set] = perturbation_columns(st.images, attacked)
             row.update(st.perturbations[test_set])
         image_ids = [t.image_id for t in st.data.test]
-        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs)
+        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs, gated)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
             save_examples(
                 self.store.out / "examples" / st.category,
@@ -355,6 +356,21 @@ class Evaluation:
         return det.distances_from_nearest(features, nearest, foreground)
 
     # -- attacks ------------------------------------------------------------------------
+    def _score_objective(
+        self, st: CategoryState, det: AnomalyDINO, name: str, shots: int, seed: int, split: Split
+    ) -> Callable[[list[int]], Callable[[Tensor], Tensor]]:
+        """The objective of a score attack on the images at given indices; the adaptive one
+        also keeps the flag down, which it knows with its clean calibration statistics."""
+        labels = torch.as_tensor(st.labels, dtype=torch.float32).to(det.device)
+        if name != "adaptive":
+            return lambda idx: score_loss(det, labels[idx])
+        clean_dists = self._clean_distances(st, det, shots, seed)
+        clean = FlagInputs(clean_dists, st.clean_features, st.images)
+        flag = st.flags.flag((shots, seed), self.s.adaptive_flag, det, split, clean)
+        spread = float(np.std(det.scores_from_distances(clean_dists)[split.calibration]))
+        lam = self.s.adaptive_lambda
+        return lambda idx: flag_aware_score_loss(det, labels[idx], flag, max(spread, 1e-6), lam)
+
     def _adversarial(
         self,
         st: CategoryState,
@@ -370,14 +386,10 @@ class Evaluation:
             self.log.debug(
                 f"[{st.category}] {cond} depends on the memory bank: computed per shots and seed"
             )
-            labels = torch.as_tensor(st.labels, dtype=torch.float32)
             out = {}
             for k in shots:
                 self._fit(det, st, k, seed)
-
-                def score_objective(idx: list[int]) -> Callable[[Tensor], Tensor]:
-                    return score_loss(det, labels[idx].to(det.device))
-
+                score_objective = self._score_objective(st, det, attack.name, k, seed, split)
                 adv = self.attacker.images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
                 out[k] = (feats, det.foreground(feats), adv)

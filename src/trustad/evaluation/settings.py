@@ -21,7 +21,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
-from ..flags import FLAG_COSTS, FLAGS
+from ..flags import DEFAULT_GATE_FLAG, DEFAULT_LAMBDA, FLAG_COSTS, FLAGS
 from ..model import DEFAULT_CONFORMAL_ALPHA
 
 CLEAN = "clean"
@@ -166,6 +166,25 @@ class EvaluationSettings:
     round_8bit: bool = option(
         False, "round adversarial images to 8 bits before scoring", group="attack"
     )
+    adaptive_flag: str = option(
+        DEFAULT_GATE_FLAG,
+        "the flag the 'adaptive' attack keeps down while it pushes scores the wrong way (it "
+        "knows the flag and its statistics on clean calibration images)",
+        group="attack",
+        choices=FLAGS,
+    )
+    adaptive_lambda: float = option(
+        DEFAULT_LAMBDA,
+        "weight of the 'adaptive' attack's flag term (both terms in units of their spread "
+        "on clean calibration images)",
+        group="attack",
+    )
+    adaptive_coarse: int = option(
+        8,
+        "the 'adaptive' attack searches a perturbation on a grid this many pixels apart, "
+        "upsampled bilinearly: smooth, to evade the noise-level flag (1: per pixel)",
+        group="attack",
+    )
     attack_bf16: bool = option(
         False, "bfloat16 autocast for attack gradients (faster, approximate)", group="runtime"
     )
@@ -205,6 +224,13 @@ class EvaluationSettings:
         group="calibration",
         choices=(*FLAGS, "none"),
     )
+    gate_flag: str = option(
+        DEFAULT_GATE_FLAG,
+        "flag whose firing sets a test image's probability to the anomaly rate of the "
+        "calibration images (gated_* columns; scores.csv's gated); 'none' for no gate",
+        group="calibration",
+        choices=(*FLAGS, "none"),
+    )
     conformal_alpha: float = option(
         DEFAULT_CONFORMAL_ALPHA,
         "target false-alarm rate of the conformal threshold",
@@ -222,7 +248,7 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         # Everything is checked here, before any feature is computed: a bad value found
         # mid-run would be recorded in run.json and then block the corrected rerun.
-        unknown_flags = [f for f in self.flags if f not in (*FLAGS, "none")]
+        unknown_flags = [f for f in (*self.flags, self.gate_flag) if f not in (*FLAGS, "none")]
         if unknown_flags:
             raise ValueError(f"unknown flag(s) {unknown_flags}; expected some of {list(FLAGS)}")
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -245,6 +271,12 @@ class EvaluationSettings:
             )
         if not 0 < self.conformal_alpha < 1:
             raise ValueError(f"conformal alpha must lie in (0, 1), got {self.conformal_alpha}")
+        if self.adaptive_flag not in FLAGS or self.adaptive_lambda < 0 or self.adaptive_coarse < 1:
+            raise ValueError(
+                f"adaptive attack: flag must be one of {list(FLAGS)}, weight >= 0, grid >= 1 "
+                f"pixel; got {self.adaptive_flag!r}, {self.adaptive_lambda}, "
+                f"{self.adaptive_coarse}"
+            )
         if not 0 <= self.flag_rate <= 1:
             raise ValueError(f"flag rate must lie in [0, 1], got {self.flag_rate}")
         if self.knn < 1 or self.batch_size < 1:
@@ -291,6 +323,9 @@ class EvaluationSettings:
     def flag_names(self) -> list[str]:
         return [f for f in self.flags if f != "none"]
 
+    def gate(self) -> str | None:
+        return None if self.gate_flag == "none" else self.gate_flag
+
     def attack(self, name: str, eps: float) -> AttackSettings:
         return AttackSettings(
             name=name,
@@ -299,6 +334,7 @@ class EvaluationSettings:
             step_size=self.pgd_step_size,
             random_start=self.random_start,
             round_8bit=self.round_8bit,
+            coarse=self.adaptive_coarse if name == "adaptive" else 1,
         )
 
     def probe(self, seed: int) -> ProbeSettings:

@@ -21,12 +21,14 @@ from .settings import RESUME_FREE, EvaluationSettings
 
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
 SCORE_KEY_COLUMNS = (*KEY_COLUMNS, "image", "label", "split", "score")
-SCORE_COLUMNS = (*SCORE_KEY_COLUMNS, *(f"prob_{c}" for c in cal.CALIBRATORS))
+SCORE_COLUMNS = (*SCORE_KEY_COLUMNS, *(f"prob_{c}" for c in cal.CALIBRATORS), "gated")
 DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
 PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
 FLAG_METRICS = ("flag_auroc", "flag_tpr")
 FLAGGED_CALIBRATORS = ("uncal", "platt")
+# Calibration metrics after the gate flag set flagged images' probabilities to the base rate.
+GATED_METRICS = ("gated_ece", "gated_nll", "gated_brier")
 # Seconds spent on a unit; they vary from run to run, so they are not results to compare.
 # Rows written before these columns existed stay valid (read back blank).
 TIMING_COLUMNS = ("seconds_features", "seconds_attack", "seconds_metrics")
@@ -38,6 +40,7 @@ def result_columns() -> list[str]:
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
     cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
+    cols += [f"{m}_{c}" for m in GATED_METRICS for c in cal.CALIBRATORS] + ["gated_share"]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
     cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note", *TIMING_COLUMNS]
     return cols

@@ -10,7 +10,8 @@ Use from a fitted :class:`trustad.detector.AnomalyDINO` and what it computed::
 For an evaluation runner: ``calibrated_flags(detector, clean_calibration)`` once per fitted
 detector, then ``flag_columns(flags, clean_evaluation, attacked_evaluation)`` per attack.
 The adaptive attacker is ``flag_aware_score_loss`` (an objective for PGD); calibration
-that holds under attack: ``fit_mixed_calibrator`` and ``abstaining_metrics``.
+that holds under attack: ``fit_mixed_calibrator``, ``abstaining_metrics`` and
+``gate_probabilities``.
 
 ``FLAGS`` maps each name to its class; ``FLAG_COSTS`` gives the extra backbone forward
 passes per image each costs (0: computed from the detector's own pass). The statistics are
@@ -23,9 +24,11 @@ from .adaptive import DEFAULT_LAMBDA, flag_aware_score_loss
 from .base import DEFAULT_FALSE_FLAG_RATE, BaseFlag, Flag, FlagInputs
 from .columns import calibrated_flags, flag_columns
 from .combined import CombinedFlag
+from .noise_level import NoiseLevelFlag
 from .registry import (
     COMBINED_MEMBERS,
     DEFAULT_FLAG,
+    DEFAULT_GATE_FLAG,
     FLAG_COSTS,
     FLAGS,
     ZERO_COST_FLAGS,
@@ -36,6 +39,7 @@ from .robust import (
     as_label_tensor,
     defender_perturbation,
     fit_mixed_calibrator,
+    gate_probabilities,
 )
 from .stability import TRANSFORMS, StabilityFlag
 from .statistics import (
@@ -48,6 +52,7 @@ __all__ = [
     "COMBINED_MEMBERS",
     "DEFAULT_FALSE_FLAG_RATE",
     "DEFAULT_FLAG",
+    "DEFAULT_GATE_FLAG",
     "DEFAULT_LAMBDA",
     "FLAGS",
     "FLAG_COSTS",
@@ -59,6 +64,7 @@ __all__ = [
     "Flag",
     "FlagInputs",
     "MedianDistanceFlag",
+    "NoiseLevelFlag",
     "StabilityFlag",
     "ZERO_COST_FLAGS",
     "abstaining_metrics",
@@ -68,5 +74,6 @@ __all__ = [
     "fit_mixed_calibrator",
     "flag_columns",
     "flag_aware_score_loss",
+    "gate_probabilities",
     "make_flag",
 ]

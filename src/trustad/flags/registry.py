@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import BaseFlag
 from .combined import CombinedFlag
+from .noise_level import NoiseLevelFlag
 from .stability import TRANSFORMS, StabilityFlag
 from .statistics import (
     ExceedanceFlag,
@@ -17,6 +18,7 @@ ZERO_COST_FLAGS: dict[str, type[BaseFlag]] = {
         MedianDistanceFlag,
         ExceedanceFlag,
         FeatureNormFlag,
+        NoiseLevelFlag,
     )
 }
 FLAGS: dict[str, type[BaseFlag]] = {
@@ -34,6 +36,9 @@ COMBINED_MEMBERS = tuple(ZERO_COST_FLAGS)
 # The flag with the best measured separation of attacked from clean inputs
 # (benchmarks/flags.py; results in benchmarks/results/flags.md).
 DEFAULT_FLAG = "stability"
+# The flag that gates probabilities in evaluations by default: the best of the zero-cost
+# flags, so that gating adds no backbone pass.
+DEFAULT_GATE_FLAG = "noise_level"
 
 
 def make_flag(name: str) -> BaseFlag:

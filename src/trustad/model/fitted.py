@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
+from ..flags import gate_probabilities
 from .file import ModelFileError, read_model_file, write_model_file
-from .flags import DEFAULT_FLAG, flag_from_state, make_flag, stability_values
+from .flags import DEFAULT_FLAG, flag_from_state, image_statistics, make_flag
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
 
 DEFAULT_CALIBRATOR = "platt"
@@ -126,15 +127,15 @@ class FittedDetector:
         *,
         images: Sequence[dict] | None = None,
         normal_distances: Sequence[Tensor] | None = None,
-        stability: ArrayLike | None = None,
+        statistics: Mapping[str, ArrayLike] | None = None,
     ) -> FittedDetector:
         """Fit the calibrator (needs both classes), the conformal threshold (on the normal
         scores) and the flag (needs the calibrator) on calibration images' raw scores.
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
         for provenance; ``normal_distances`` (patch-distance grids of the normal images)
-        set the colour range of heatmap overlays; ``stability``: the calibration images'
-        stability statistics (``model.flags.stability_values``), for the stability flag.
+        set the colour range of heatmap overlays; ``statistics``: the calibration images'
+        statistics by name (``model.flags.image_statistics``), for the flags that need them.
         """
         self._reset_calibration()
         s = np.asarray(scores, dtype=np.float64).ravel()
@@ -168,7 +169,7 @@ class FittedDetector:
             self.notes_ += [f"conformal: {w.message}" for w in caught]
         if self.flag is not None:
             flag = make_flag(self.flag, **self.flag_options)
-            signals = self._signals(s, stability)
+            signals = self._signals(s, statistics)
             missing = [k for k in flag.needs if k not in signals]
             if missing:
                 self.notes_.append(f"no {self.flag} flag: it needs {', '.join(missing)}")
@@ -214,52 +215,64 @@ class FittedDetector:
                 labels,
                 images=recs,
                 normal_distances=normal,
-                stability=self._stability(dists, tensors),
+                statistics=self._statistics(dists, tensors),
             )
         return self
 
     # -- predicting -------------------------------------------------------------------
-    def _stability(self, dists: Sequence[Tensor], images: Sequence[Tensor]) -> np.ndarray | None:
-        """Stability statistics when the flag needs them (3 extra backbone passes each)."""
-        if self.flag is None or "stability" not in make_flag(self.flag).needs:
-            return None
-        return stability_values(self.detector, dists, images)
+    def _statistics(
+        self, dists: Sequence[Tensor], images: Sequence[Tensor]
+    ) -> dict[str, np.ndarray]:
+        """The image statistics the flag needs (stability: 3 extra backbone passes each)."""
+        if self.flag is None:
+            return {}
+        return image_statistics(self.detector, make_flag(self.flag).needs, dists, images)
 
     def _signals(
-        self, scores: np.ndarray, stability: ArrayLike | None = None
+        self, scores: np.ndarray, statistics: Mapping[str, ArrayLike] | None = None
     ) -> dict[str, np.ndarray]:
         out = {"score": scores}
-        if stability is not None:
-            out["stability"] = np.asarray(stability, dtype=np.float64)
+        for name, values in (statistics or {}).items():
+            out[name] = np.asarray(values, dtype=np.float64)
         if self.calibrator_ is not None:
             out["probability"] = self.calibrator_.predict_proba(scores)
             out["entropy"] = entropy(out["probability"])
         return out
 
     def assess(
-        self, scores: ArrayLike, stability: ArrayLike | None = None
+        self, scores: ArrayLike, statistics: Mapping[str, ArrayLike] | None = None
     ) -> dict[str, np.ndarray | None]:
         """Every per-image field but the map, from raw scores (arrays; None when the part
-        that gives it was not fitted, or, for the stability flag, when no ``stability``
-        statistics are given)."""
+        that gives it was not fitted, or, for a flag on image statistics, when they are not
+        in ``statistics``)."""
         s = np.asarray(scores, dtype=np.float64).ravel()
-        sig = self._signals(s, stability)
+        sig = self._signals(s, statistics)
         p = sig.get("probability")
         decision = None
         if self.decision_rule_ == "conformal":
             decision = self.conformal_.predict(s).astype(bool)
         elif self.decision_rule_ == "probability":
             decision = p >= 0.5
+        flag = None
+        if self.flag_ is not None and all(k in sig for k in self.flag_.needs):
+            flag = self.flag_.flag(sig)
         return {
             "score": s,
             "probability": p,
             "p_value": None if self.conformal_ is None else self.conformal_.p_values(s),
             "decision": decision,
             "entropy": sig.get("entropy"),
-            "flag": None
-            if self.flag_ is None or any(k not in sig for k in self.flag_.needs)
-            else self.flag_.flag(sig),
+            "flag": flag,
+            "gated_probability": None
+            if p is None or flag is None
+            else gate_probabilities(p, flag, self.anomaly_rate),
         }
+
+    @property
+    def anomaly_rate(self) -> float:
+        """The share of anomalous images among the calibration images."""
+        n_anom = self.calibration_["n_anomalous"]
+        return n_anom / max(n_anom + self.calibration_["n_normal"], 1)
 
     def predict_from_features(
         self,
@@ -270,10 +283,10 @@ class FittedDetector:
     ) -> list[Prediction]:
         """Predictions for test patch features (h, w, D); ``sizes`` are the original
         (width, height) of the images, for their maps; ``images``, the preprocessed images,
-        are needed by the stability flag."""
+        are needed by the flags on image statistics."""
         dists = self.detector.distances_from_features(features)
-        stability = None if images is None or self.flag_ is None else self._stability(dists, images)
-        fields = self.assess(self.detector.scores_from_distances(dists), stability)
+        stats = None if images is None or self.flag_ is None else self._statistics(dists, images)
+        fields = self.assess(self.detector.scores_from_distances(dists), stats)
         out = []
         for i, (d, size) in enumerate(zip(dists, sizes)):
             value = {k: None if v is None else v[i].item() for k, v in fields.items()}

@@ -3,7 +3,8 @@
 A flag is chosen by name (``FLAGS``), fitted on the signals of clean calibration images and
 saved as JSON-able state in the model file. Signals are arrays keyed by name: ``score``
 (raw anomaly score), ``probability`` (calibrated), ``entropy`` (of that probability) and
-``stability`` (``stability_values``, computed only when the flag needs it).
+the image statistics ``stability`` and ``noise_level`` (``image_statistics``, computed only
+when the flag needs them).
 A new flag registers a class here; the model file records its name, so a better flag can
 become the default without breaking older files.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from ..calibration import DEFAULT_FLAG_RATE, EntropyFlag
-from ..flags import FlagInputs, StabilityFlag
+from ..flags import FlagInputs, NoiseLevelFlag, StabilityFlag
 
 DEFAULT_FLAG = "stability"
 DEFAULT_FALSE_FLAG_RATE = DEFAULT_FLAG_RATE
@@ -72,49 +73,83 @@ class EntropyFlagRule:
         return out
 
 
-class StabilityFlagRule:
-    """The stability flag (``trustad.flags.StabilityFlag``): how much the patch-distance
-    map moves under JPEG re-encoding, a slight blur and a 2-pixel shift (3 extra backbone
-    passes per image), above a threshold set on calibration images for a target
-    false-flag rate. Needs no calibrated probability. Measured to separate probe and
-    score attacks from clean inputs far better than the entropy (benchmarks/flags.py),
-    but not robust to an attacker who also minimises it."""
+class StatisticFlagRule:
+    """A per-image statistic of ``trustad.flags`` (named as the flag) above a threshold
+    set on calibration images for a target false-flag rate. Needs no calibrated
+    probability, so it works with normal calibration images only."""
 
-    name = "stability"
-    needs = ("stability",)
+    name = ""
 
     def __init__(self, false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE) -> None:
         if not 0.0 <= false_flag_rate <= 1.0:
             raise ValueError(f"false-flag rate must lie in [0, 1], got {false_flag_rate}")
         self.false_flag_rate = false_flag_rate
 
-    def fit(self, signals: Signals) -> StabilityFlagRule:
-        self.threshold_ = EntropyFlag(self.false_flag_rate).fit(signals["stability"]).threshold_
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def fit(self, signals: Signals) -> StatisticFlagRule:
+        self.threshold_ = EntropyFlag(self.false_flag_rate).fit(signals[self.name]).threshold_
         return self
 
     def flag(self, signals: Signals) -> np.ndarray:
-        return np.asarray(signals["stability"], dtype=np.float64) > self.threshold_
+        return np.asarray(signals[self.name], dtype=np.float64) > self.threshold_
 
     def state(self) -> dict[str, Any]:
         return {"false_flag_rate": self.false_flag_rate, "threshold": self.threshold_}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> StabilityFlagRule:
+    def from_state(cls, state: Mapping[str, Any]) -> StatisticFlagRule:
         out = cls(float(state["false_flag_rate"]))
         out.threshold_ = float(state["threshold"])
         return out
 
 
-def stability_values(detector: Any, distances: Sequence[Tensor], images: Sequence[Tensor]):
-    """The stability statistic of each image (one at a time: images may differ in size)."""
-    out = []
-    for d, x in zip(distances, images):
-        inputs = FlagInputs(d[None], None, x[None])
-        out.append(StabilityFlag().prepare(detector, inputs).statistic(inputs)[0])
-    return np.asarray(out, dtype=np.float64)
+class StabilityFlagRule(StatisticFlagRule):
+    """The stability flag (``trustad.flags.StabilityFlag``): how much the patch-distance
+    map moves under JPEG re-encoding, a slight blur and a 2-pixel shift (3 extra backbone
+    passes per image). Catches probe and score attacks far better than the entropy, and
+    holds best of the flags measured against an attacker who smooths his perturbation to
+    evade the noise-level flag; not robust to an attacker who minimises it too
+    (benchmarks/results/flags.md)."""
+
+    name = "stability"
 
 
-FLAGS: dict[str, type] = {"stability": StabilityFlagRule, "entropy": EntropyFlagRule}
+class NoiseLevelFlagRule(StatisticFlagRule):
+    """The noise-level flag (``trustad.flags.NoiseLevelFlag``): dense pixel-level noise,
+    no backbone pass. Catches every non-adaptive L-inf attack measured at 2/255 and
+    above; an attacker who keeps the perturbation smooth evades it
+    (benchmarks/results/flags.md)."""
+
+    name = "noise_level"
+
+
+# The library flags behind the statistic rules.
+STATISTICS = {"stability": StabilityFlag, "noise_level": NoiseLevelFlag}
+
+
+def image_statistics(
+    detector: Any, names: Sequence[str], distances: Sequence[Tensor], images: Sequence[Tensor]
+) -> dict[str, np.ndarray]:
+    """The statistics among ``names`` that need the images (``STATISTICS``), per image (one
+    at a time: images may differ in size)."""
+    out = {}
+    for name in names:
+        if name not in STATISTICS:
+            continue
+        values = []
+        for d, x in zip(distances, images):
+            inputs = FlagInputs(d[None], None, x[None])
+            values.append(STATISTICS[name]().prepare(detector, inputs).statistic(inputs)[0])
+        out[name] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+FLAGS: dict[str, type] = {
+    rule.name: rule for rule in (StabilityFlagRule, NoiseLevelFlagRule, EntropyFlagRule)
+}
 
 
 def make_flag(name: str, **options: Any) -> Flag:

@@ -26,6 +26,9 @@ class Prediction:
     decision: bool | None
     entropy: float | None
     flag: bool | None
+    # The probability, or the calibration images' anomaly rate where the flag is raised: an
+    # input suspected of manipulation carries no evidence to trust beyond the prior.
+    gated_probability: float | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

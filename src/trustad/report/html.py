@@ -162,7 +162,8 @@ def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: 
         "flags": (
             "Attack flags beyond entropy",
             tables("table3b_flags")
-            + _figure(figures, "flags", "Flag AUROC per attack; 0.5 (dashed) is chance."),
+            + _figure(figures, "flags", "Flag AUROC per attack; 0.5 (dashed) is chance.")
+            + tables("table3c_gated"),
         ),
         "figure1b": (
             "Figure 1b: clean and attacked images",

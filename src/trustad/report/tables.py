@@ -243,6 +243,39 @@ def flag_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> Tab
     return Table(_name("table3b_flags", per_category), title, header, body)
 
 
+def gated_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> Table | None:
+    """Table 3c: calibration of every condition per calibrator, as fitted on clean
+    calibration images and after the gate (flagged images get the calibration images'
+    anomaly rate), with the share of evaluation images gated."""
+    if not any(not math.isnan(num(r.get("gated_share"))) for r in rows):
+        return None
+    names = [c[len("gated_ece_") :] for c in rows[0] if c.startswith("gated_ece_")]
+    metrics = ("ece", "nll", "brier")
+    cols = [f"{g}{m}_{n}" for m in metrics for g in ("", "gated_") for n in names]
+    stats = {c: aggregate(rows, c, per_category) for c in (*cols, "gated_share")}
+    body = []
+    for group in _groups(rows, per_category):
+        for cond, eps in conditions(rows):
+            key = (*group, cond, eps)
+            share = _cell(stats["gated_share"], key, 100.0, 1)
+            for n in names:
+                cells = [
+                    _cell(stats[f"{g}{m}_{n}"], key, 1.0, 3)
+                    for m in metrics
+                    for g in ("", "gated_")
+                ]
+                body.append([*map(str, group), condition_label(cond, eps), n, *cells, share])
+    header = [
+        *_head(per_category), "condition", "calibrator", "ECE", "ECE gated", "NLL",
+        "NLL gated", "Brier", "Brier gated", "gated, %",
+    ]  # fmt: skip
+    title = (
+        "Table 3c: calibration per condition, as fitted on clean data and gated by the flag "
+        "(mean ± std over seeds)"
+    )
+    return Table(_name("table3c_gated", per_category), title, header, body)
+
+
 def all_tables(rows: Sequence[dict[str, Any]], per_category: bool = False) -> list[Table]:
     """The report's tables in order, those that have content."""
     tables = [
@@ -250,6 +283,7 @@ def all_tables(rows: Sequence[dict[str, Any]], per_category: bool = False) -> li
         calibration_rows(rows, per_category),
         entropy_rows(rows, per_category),
         flag_rows(rows, per_category),
+        gated_rows(rows, per_category),
         pixel_rows(rows, per_category),
         calibrator_rows(rows, per_category),
     ]

@@ -31,7 +31,7 @@ async function loadModelInfo() {
 function show(result, file) {
   $("original").src = URL.createObjectURL(file);
   $("overlay").src = "data:image/png;base64," + result.map.data;
-  for (const key of ["score", "probability", "p_value", "entropy"]) {
+  for (const key of ["score", "probability", "gated_probability", "p_value", "entropy"]) {
     $(key).textContent = fmt(result[key]);
   }
   $("decision").textContent = result.decision === null ? "none" :

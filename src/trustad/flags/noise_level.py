@@ -1,0 +1,49 @@
+"""Noise level of the input image: a flag computed from the pixels alone, no backbone pass.
+
+An L-inf attack (FGSM, PGD, on the probe or on the score) changes every pixel by up to eps
+with a sign pattern that alternates from pixel to pixel; that is a dense high-frequency
+signal which the images of one camera and product do not have. The statistic is the robust
+noise estimate of Immerkaer (1996): the median absolute response to a 3x3 kernel that
+cancels smooth intensity (planes and their sums) and responds to pixel-level noise. Edges
+and texture light up only some pixels, and the median ignores them, while dense noise
+lifts all of them. The threshold comes, as for every flag, from clean calibration images
+of the same category, so a texture that is rough by nature sets its own normal range.
+
+An attacker who knows the flag can keep the perturbation smooth (and weaker against the
+detector); the adaptive attacker differentiates the mean absolute response instead of
+the median, whose gradient reaches one pixel only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import BaseFlag, FlagInputs
+
+# Immerkaer's kernel: the difference of two discrete Laplacians; zero response to a locally
+# linear or quadratic-free intensity, and sqrt(36) = 6 times the noise sigma in its output.
+_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def noise_response(images: Tensor) -> Tensor:
+    """Absolute kernel response (B, 3, H-2, W-2) of images (B, 3, H, W) in [0, 1], scaled so
+    that its mean is sigma * sqrt(2/pi) for Gaussian noise of standard deviation sigma."""
+    x = images.float()
+    c = x.shape[1]
+    k = (_KERNEL / 6.0).to(x.device).view(1, 1, 3, 3).repeat(c, 1, 1, 1)
+    return F.conv2d(x, k, groups=c).abs()
+
+
+class NoiseLevelFlag(BaseFlag):
+    """Median absolute noise response over every pixel and channel (in units of [0, 1])."""
+
+    name = "noise_level"
+    needs = ("distances", "images")
+
+    def compute(self, inputs: FlagInputs) -> Tensor:
+        return noise_response(inputs.images).flatten(1).median(dim=1).values
+
+    def surrogate(self, inputs: FlagInputs) -> Tensor:
+        return noise_response(inputs.images).flatten(1).mean(dim=1)
