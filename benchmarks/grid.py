@@ -18,7 +18,7 @@ its split into phases:
   maps         anomaly maps (upsampling and Gaussian smoothing)
   pixel        pixel AUROC and AUPRO
   calibration  calibrators, calibration metrics, the entropy flag, conformal thresholds
-  flags        the other attack flags, where the code has them (measured on attacked units)
+  flags        the other attack flags and the gate flag, where the code has them
   writing      the result store (results.csv, scores.csv) and per-image score rows
   other        the rest of the run: the runner's own loop, planning, file listing
 
@@ -140,6 +140,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     ],
     "flags": [
         ("trustad.evaluation.flagging", "UnitFlags.columns"),  # attack flags beyond entropy
+        ("trustad.evaluation.flagging", "UnitFlags.gate"),  # the gate flag of every unit
     ],
     "writing": [
         ("trustad.protocol", "ResultStore.add"),
@@ -274,6 +275,8 @@ def settings_for(args: argparse.Namespace, root: Path, warm_up: bool = False) ->
     names = {f.name for f in dataclasses.fields(EvaluationSettings)}
     if args.no_flags and "flags" in names:
         values["flags"] = ["none"]
+    if args.no_flags and "gate_flag" in names:
+        values["gate_flag"] = "none"
     if "tf32" in names:
         values["tf32"] = args.tf32
     elif args.tf32:  # a version without the setting: set torch's flags directly
@@ -316,7 +319,9 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
     ap.add_argument("--no-pixel-metrics", action="store_true")
     ap.add_argument(
-        "--no-flags", action="store_true", help="no attack flags besides the entropy (as before)"
+        "--no-flags",
+        action="store_true",
+        help="no attack flags besides the entropy and no gate flag (as before)",
     )
     ap.add_argument("--no-sync", action="store_true", help="no device syncs at phase bounds")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile: top N")
