@@ -72,7 +72,8 @@ def test_settings_validate_and_record():
     assert AttackSettings("score-fgsm").targets_score
     assert not AttackSettings("noise").needs_objective
     assert ProbeSettings().to_dict() == dict(steps=200, lr=1e-3, seed=0, train_on="test")
-    assert set(ATTACKS) == {"none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd"}
+    assert set(ATTACKS) == {"none", "noise", "fgsm", "pgd", "score-fgsm", "score-pgd", "adaptive"}
+    assert AttackSettings("adaptive").targets_score
 
 
 def test_probe_training_lowers_loss_and_is_seeded(tiny_vit):

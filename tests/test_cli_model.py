@@ -50,7 +50,7 @@ def test_fit_with_labelled_calibration(setup, capsys):
     assert "3 image(s) (shots: all): 00.png, 01.png, 02.png" in out
     assert "4 normal (good/), 3 anomalous (spot: 3)" in out
     assert "probability  platt" in out and "conformal    alpha 0.5" in out
-    assert "flag         stability" in out and "decision     conformal" in out
+    assert "flag         noise_level" in out and "decision     conformal" in out
     model = FittedDetector.load(tmp / "m.safetensors", weights=weights)
     assert model.calibrator_ is not None and model.flag_ is not None
 
@@ -78,7 +78,7 @@ def test_fit_with_only_good_calibration_says_so(setup, capsys):
     assert "(shots: 1, seed 1): 01.png" in out  # the second of the sorted images
     assert "only normal images: the conformal threshold" in out
     assert "probability  platt" not in out and "decision     conformal" in out
-    assert "flag         stability" in out  # needs no probability
+    assert "flag         noise_level" in out  # needs no probability
 
 
 def test_fit_refuses_calibration_images_that_are_support_images(setup, capsys):

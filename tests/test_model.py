@@ -68,15 +68,15 @@ def test_save_load_predict_equal(tiny_vit, images, tmp_path):
 
 def test_fields_follow_the_documented_rules(tiny_vit, images):
     model = fitted(tiny_vit, images)
-    assert model.flag == "stability"  # the default flag
+    assert model.flag == "noise_level"  # the default flag
     preds = model.predict(images["test"], maps=False)
     scores = np.array([p.score for p in preds])
     probs = model.calibrator_.predict_proba(scores)
     det = model.detector
     tensors, _ = det.runtime.preprocess(images["test"])
     dists = det.distances_from_features(det.features(tensors))
-    stability = image_statistics(det, ["stability"], dists, tensors)["stability"]
-    for p, prob, value in zip(preds, probs, stability):
+    values = image_statistics(det, [model.flag], dists, tensors)[model.flag]
+    for p, prob, value in zip(preds, probs, values):
         assert p.anomaly_map is None
         assert p.probability == prob
         assert p.decision == (p.score > model.conformal_.threshold_)
@@ -86,7 +86,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
 
 
 def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
-    model = fitted(tiny_vit, images, flag="noise_level")
+    model = fitted(tiny_vit, images)  # the default flag
     det = model.detector
     tensors, _ = det.runtime.preprocess(images["test"])
     dists = det.distances_from_features(det.features(tensors))
@@ -109,6 +109,16 @@ def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
     assert again.flag == "noise_level" and again.flag_.threshold_ == model.flag_.threshold_
 
 
+def test_the_stability_flag_stays_available(tiny_vit, images):
+    model = fitted(tiny_vit, images, flag="stability")
+    det = model.detector
+    tensors, _ = det.runtime.preprocess(images["test"])
+    dists = det.distances_from_features(det.features(tensors))
+    values = image_statistics(det, ["stability"], dists, tensors)["stability"]
+    preds = model.predict(images["test"], maps=False)
+    assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
+
+
 def test_the_entropy_flag_stays_available(tiny_vit, images):
     model = fitted(tiny_vit, images, flag="entropy")
     for p in model.predict(images["test"], maps=False):
@@ -120,7 +130,7 @@ def test_only_normal_calibration_gives_only_the_conformal_threshold(tiny_vit, im
         images["good"], images["cal_good"]
     )
     assert model.calibrator_ is None
-    assert model.flag_ is not None  # the stability flag needs no probability
+    assert model.flag_ is not None  # the noise-level flag needs no probability
     assert model.decision_rule_ == "conformal"
     assert any("no probability" in n for n in model.notes_)
     (p,) = model.predict(images["test"][:1], maps=False)
@@ -148,7 +158,7 @@ def test_settings_record_provenance(tiny_vit, images, tmp_path):
         "sha256": hashlib.sha256(good.read_bytes()).hexdigest(),
     }
     assert s["calibrator"]["name"] == "platt" and "a_" in s["calibrator"]["params"]
-    assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "stability"
+    assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "noise_level"
     assert s["calibration"]["n_normal"] == 4 and s["calibration"]["n_anomalous"] == 3
 
 
@@ -237,7 +247,7 @@ def test_refuses_other_backbone_weights(tiny_vit, images, tmp_path):
 def test_flag_and_calibrator_names_are_checked(tiny_vit, images, tmp_path):
     path = fitted(tiny_vit, images).save(tmp_path / "m.safetensors")
     _, s = read_model_file(path)
-    assert s["flag"]["name"] == "stability"
+    assert s["flag"]["name"] == "noise_level"
     with pytest.raises(ValueError, match="unknown flag"):
         FittedDetector(tiny_vit, flag="nonsense")
     with pytest.raises(ValueError, match="cannot be saved"):

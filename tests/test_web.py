@@ -71,6 +71,8 @@ def test_upload_shows_probability_and_overlay(tmp_path):
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
             shown = driver.find_element(By.ID, "probability").text
             assert float(shown) == pytest.approx(want.probability, rel=1e-3)
+            gated = driver.find_element(By.ID, "gated_probability").text
+            assert float(gated) == pytest.approx(want.gated_probability, rel=1e-3)
             assert driver.find_element(By.ID, "decision").text == (
                 "anomalous" if want.decision else "normal"
             )

@@ -21,7 +21,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
-from ..flags import DEFAULT_GATE_FLAG, DEFAULT_LAMBDA, FLAG_COSTS, FLAGS
+from ..flags import DEFAULT_FLAG, DEFAULT_LAMBDA, FLAG_COSTS, FLAGS
 from ..model import DEFAULT_CONFORMAL_ALPHA
 
 CLEAN = "clean"
@@ -167,7 +167,7 @@ class EvaluationSettings:
         False, "round adversarial images to 8 bits before scoring", group="attack"
     )
     adaptive_flag: str = option(
-        DEFAULT_GATE_FLAG,
+        DEFAULT_FLAG,
         "the flag the 'adaptive' attack keeps down while it pushes scores the wrong way (it "
         "knows the flag and its statistics on clean calibration images)",
         group="attack",
@@ -225,7 +225,7 @@ class EvaluationSettings:
         choices=(*FLAGS, "none"),
     )
     gate_flag: str = option(
-        DEFAULT_GATE_FLAG,
+        DEFAULT_FLAG,
         "flag whose firing sets a test image's probability to the anomaly rate of the "
         "calibration images (gated_* columns; scores.csv's gated); 'none' for no gate",
         group="calibration",

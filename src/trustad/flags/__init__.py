@@ -28,7 +28,6 @@ from .noise_level import NoiseLevelFlag
 from .registry import (
     COMBINED_MEMBERS,
     DEFAULT_FLAG,
-    DEFAULT_GATE_FLAG,
     FLAG_COSTS,
     FLAGS,
     ZERO_COST_FLAGS,
@@ -52,7 +51,6 @@ __all__ = [
     "COMBINED_MEMBERS",
     "DEFAULT_FALSE_FLAG_RATE",
     "DEFAULT_FLAG",
-    "DEFAULT_GATE_FLAG",
     "DEFAULT_LAMBDA",
     "FLAGS",
     "FLAG_COSTS",

@@ -5,6 +5,7 @@
 "do not trust this answer" flags; ``trustad.model.overlay`` heatmap pictures.
 """
 
+from ..flags import DEFAULT_FLAG
 from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_model_file
 from .fitted import (
     DEFAULT_CALIBRATOR,
@@ -12,7 +13,7 @@ from .fitted import (
     SAVABLE_CALIBRATORS,
     FittedDetector,
 )
-from .flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FLAGS, make_flag
+from .flags import DEFAULT_FALSE_FLAG_RATE, FLAGS, make_flag
 from .overlay import overlay, overlay_png
 from .state import Prediction, image_record, json_safe
 

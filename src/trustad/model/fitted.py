@@ -32,9 +32,9 @@ from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
-from ..flags import gate_probabilities
+from ..flags import DEFAULT_FLAG, gate_probabilities
 from .file import ModelFileError, read_model_file, write_model_file
-from .flags import DEFAULT_FLAG, flag_from_state, image_statistics, make_flag
+from .flags import flag_from_state, image_statistics, make_flag
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
 
 DEFAULT_CALIBRATOR = "platt"

@@ -20,7 +20,6 @@ from torch import Tensor
 from ..calibration import DEFAULT_FLAG_RATE, EntropyFlag
 from ..flags import FlagInputs, NoiseLevelFlag, StabilityFlag
 
-DEFAULT_FLAG = "stability"
 DEFAULT_FALSE_FLAG_RATE = DEFAULT_FLAG_RATE
 
 Signals = Mapping[str, np.ndarray]
