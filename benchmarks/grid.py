@@ -18,7 +18,7 @@ its split into phases:
   maps         anomaly maps (upsampling and Gaussian smoothing)
   pixel        pixel AUROC and AUPRO
   calibration  calibrators, calibration metrics, the entropy flag, conformal thresholds
-  flags        the other attack flags, where the code has them (measured on attacked units)
+  flags        the other attack flags and the gate flag, where the code has them
   writing      the result store (results.csv, scores.csv) and per-image score rows
   other        the rest of the run: the runner's own loop, planning, file listing
 
@@ -88,6 +88,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("trustad.data.datasets", "load_mask"),
         ("trustad.data.datasets", "image_size"),
         ("trustad.evaluation.category", "load_state"),  # waits for the decode threads
+        ("trustad.evaluation.support", "wait"),  # waits for support views made ahead
     ],
     "preprocess": [
         ("trustad.backbone.preprocess", "preprocess"),
@@ -113,6 +114,8 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("trustad.detector", "AnomalyDINO.fit_features"),
         ("trustad.detector", "AnomalyDINO.foreground"),
         ("trustad.detector", "AnomalyDINO.distances_from_features"),
+        ("trustad.detector", "AnomalyDINO.distances_from_nearest"),
+        ("trustad.evaluation.nearest", "NearestParts.indices"),  # the 1-NN search by parts
         ("trustad.detector", "AnomalyDINO.scores_from_distances"),
         ("trustad.metrics", "image_metrics"),
     ],
@@ -124,6 +127,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "pixel": [
         ("trustad.metrics", "pixel_auroc"),
         ("trustad.metrics", "aupro"),
+        ("trustad.metrics", "pooled_truth"),
         ("trustad.pixel_metrics", "pixel_targets"),
         ("trustad.pixel_metrics", "pixel_auroc_torch"),
         ("trustad.pixel_metrics", "aupro_torch"),
@@ -132,9 +136,11 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "calibration": [
         ("trustad.protocol", "Evaluation._calibration"),  # before
         ("trustad.evaluation.rows", "result_row"),  # after (image metrics inside: scoring)
+        ("trustad.evaluation.rows", "clean_calibration"),  # calibrators fitted once per detector
     ],
     "flags": [
         ("trustad.evaluation.flagging", "UnitFlags.columns"),  # attack flags beyond entropy
+        ("trustad.evaluation.flagging", "UnitFlags.gate"),  # the gate flag of every unit
     ],
     "writing": [
         ("trustad.protocol", "ResultStore.add"),
@@ -269,6 +275,8 @@ def settings_for(args: argparse.Namespace, root: Path, warm_up: bool = False) ->
     names = {f.name for f in dataclasses.fields(EvaluationSettings)}
     if args.no_flags and "flags" in names:
         values["flags"] = ["none"]
+    if args.no_flags and "gate_flag" in names:
+        values["gate_flag"] = "none"
     if "tf32" in names:
         values["tf32"] = args.tf32
     elif args.tf32:  # a version without the setting: set torch's flags directly
@@ -311,7 +319,9 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
     ap.add_argument("--no-pixel-metrics", action="store_true")
     ap.add_argument(
-        "--no-flags", action="store_true", help="no attack flags besides the entropy (as before)"
+        "--no-flags",
+        action="store_true",
+        help="no attack flags besides the entropy and no gate flag (as before)",
     )
     ap.add_argument("--no-sync", action="store_true", help="no device syncs at phase bounds")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile: top N")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, log_loss
 
 from trustad.calibration import (
     CALIBRATORS,
@@ -89,6 +90,22 @@ def test_nll_brier_hand() -> None:
     assert nll([0.8, 0.3, 1.0], [1, 0, 0]) == pytest.approx(16.6979142 / 3, rel=1e-6)
     # Brier = (0.2^2 + 0.3^2 + 1^2) / 3 = 1.13 / 3
     assert brier([0.8, 0.3, 1.0], [1, 0, 0]) == pytest.approx(1.13 / 3)
+
+
+def test_nll_brier_are_sklearns_to_the_last_bit() -> None:
+    # Results rows keep their numbers: the same values as log_loss / brier_score_loss on
+    # probabilities of every kind (rounded, near 0 and 1, exactly 0 and 1, one class only).
+    rng = np.random.default_rng(0)
+    for case in range(600):
+        n = int(rng.integers(1, 80))
+        y = rng.integers(0, 2, n)
+        y = np.zeros(n, int) if case % 7 == 0 else np.ones(n, int) if case % 11 == 0 else y
+        p = rng.random(n) ** (8 if case % 3 == 0 else 1)
+        p = np.round(p, 1) if case % 5 == 0 else p
+        p[rng.integers(0, n)], p[rng.integers(0, n)] = 0.0, 1.0
+        clipped = np.clip(p, 1e-7, 1 - 1e-7)
+        assert nll(p, y) == log_loss(y, clipped, labels=[0, 1])
+        assert brier(p, y) == brier_score_loss(y, p, pos_label=1)
 
 
 def test_entropy_hand() -> None:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8, rotate_rgb8
+from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8
+from .backbone.rotate import rotate_rgb8_torch
 from .backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from .maps import MAP_SIGMA, anomaly_maps_torch
 
@@ -29,9 +30,13 @@ MASK_BORDER = 0.2
 MASK_MIN_CENTRE_KEPT = 0.35
 # Elements of the (query chunk x bank) similarity matrix computed at once: bounds memory.
 SIMILARITY_BUDGET = 1 << 24
-# On the CPU the nearest bank row is searched in blocks of this many bank rows, so that the
-# similarities stay in cache: 2.5x faster than one pass over a 256 x 32768 matrix at D = 32.
+# On the CPU the nearest bank row is searched in blocks of this many bank rows and query
+# rows, so that the similarities stay in cache: 2.5x faster than one pass over a 256 x 32768
+# matrix at D = 32.
 CPU_BANK_BLOCK = 2048
+CPU_QUERY_BLOCK = 256
+# Columns per sub-block of that search's maximum: 4x faster than torch's max over a row.
+CPU_SUB_BLOCK = 64
 
 
 def memory_bank(features: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -48,35 +53,80 @@ def memory_bank(features: Tensor, keep: Tensor | None = None) -> Tensor:
     return F.normalize(flat.to(torch.promote_types(flat.dtype, torch.float32)), dim=-1)
 
 
-def _nearest_blocked(query: Tensor, bank: Tensor, block: int) -> Tensor:
-    """``(query @ bank.T).argmax(dim=1)`` (the first index of the largest; NaN counts as
-    largest), from blocks of ``block`` bank rows: the same products, kept in cache."""
-    sims = query @ bank[:block].T
-    best_idx = sims.argmax(dim=1)
-    best = sims.gather(1, best_idx[:, None])[:, 0]
-    for start in range(block, len(bank), block):
-        sims = query @ bank[start : start + block].T
-        idx = sims.argmax(dim=1)
-        value = sims.gather(1, idx[:, None])[:, 0]
-        # Strictly larger: on a tie the earlier block keeps its (first) index.
-        take = (value > best) | (value.isnan() & ~best.isnan())
-        best = torch.where(take, value, best)
-        best_idx = torch.where(take, idx + start, best_idx)
-    return best_idx
+def _best_in_block(sims: Tensor) -> tuple[Tensor, Tensor]:
+    """``sims.max(dim=1)``: the largest value of each row and its first index (NaN counts
+    as largest). On the CPU in two steps: the maxima of sub-blocks of ``CPU_SUB_BLOCK``
+    columns (a vectorised max, where torch's max with indices is not), then the first index
+    in the first sub-block that holds the row's maximum."""
+    rows, cols = sims.shape
+    n = cols // CPU_SUB_BLOCK
+    if sims.device.type != "cpu" or n < 2 or cols % CPU_SUB_BLOCK or not sims.is_contiguous():
+        return sims.max(dim=1)
+    sub = sims.view(rows, n, CPU_SUB_BLOCK)
+    sub_max = sub.amax(dim=2)
+    best = sub_max.amax(dim=1)
+    if bool(best.isnan().any()):  # amax has no index of the first NaN
+        return sims.max(dim=1)
+    first = (sub_max == best[:, None]).to(torch.uint8).argmax(dim=1)
+    inner = sub[torch.arange(rows), first].argmax(dim=1)
+    return best, first * CPU_SUB_BLOCK + inner
+
+
+def _take_better(best: tuple[Tensor, Tensor], other: tuple[Tensor, Tensor], offset: int) -> None:
+    """Merge the (values, indices) of later bank rows into ``best`` in place: strictly
+    larger only, so that on a tie the earlier rows keep their (first) index; NaN wins."""
+    value, idx = other
+    take = (value > best[0]) | (value.isnan() & ~best[0].isnan())
+    best[0].copy_(torch.where(take, value, best[0]))
+    best[1].copy_(torch.where(take, idx + offset, best[1]))
+
+
+def nearest_rows(query: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The largest similarity (P,) of each normalised query row (P, D) to ``rows`` (M, D),
+    and the first row index holding it (NaN counts as largest), i.e.
+    ``(query @ rows.T).max(dim=1)``, computed in bounded memory; on the CPU in blocks of
+    rows that keep the similarities in cache (a product of another shape can round a
+    similarity's last bit otherwise; only exact near-ties could then pick another row). The
+    result of a bank made of parts is that of its parts, merged in order
+    (``merge_nearest``)."""
+    if len(rows) == 0:
+        raise ValueError("no rows to search")
+    if rows.device.type == "cpu":
+        block, chunk = CPU_BANK_BLOCK, CPU_QUERY_BLOCK
+    else:
+        block, chunk = len(rows), max(1, SIMILARITY_BUDGET // len(rows))
+    values, indices = [], []
+    for start in range(0, len(query), chunk):
+        q = query[start : start + chunk]
+        best = _best_in_block(q @ rows[:block].T)
+        for first in range(block, len(rows), block):
+            _take_better(best, _best_in_block(q @ rows[first : first + block].T), first)
+        values.append(best[0])
+        indices.append(best[1])
+    return torch.cat(values), torch.cat(indices)
+
+
+def merge_nearest(parts: Sequence[tuple[Tensor, Tensor]], sizes: Sequence[int]) -> Tensor:
+    """Indices into the bank made of parts of ``sizes`` rows (in that order), from each
+    part's ``nearest_rows``: the same as ``nearest_rows`` on the whole bank."""
+    if not parts:
+        raise ValueError("no parts to merge")
+    best = (parts[0][0].clone(), parts[0][1].clone())
+    offset = sizes[0]
+    for part, size in zip(parts[1:], sizes[1:]):
+        _take_better(best, part, offset)
+        offset += size
+    return best[1]
 
 
 def _nearest_indices(query: Tensor, bank: Tensor, k: int) -> Tensor:
     """Indices (P, k) of the k most similar bank rows for each normalised query row."""
+    if k == 1:
+        return nearest_rows(query, bank)[1][:, None]
     chunk = max(1, SIMILARITY_BUDGET // len(bank))
-    blocked = k == 1 and bank.device.type == "cpu" and len(bank) > CPU_BANK_BLOCK
     out = []
     for start in range(0, len(query), chunk):
-        q = query[start : start + chunk]
-        if blocked:
-            out.append(_nearest_blocked(q, bank, CPU_BANK_BLOCK)[:, None])
-            continue
-        sims = q @ bank.T
-        out.append(sims.topk(k, dim=1).indices if k > 1 else sims.argmax(dim=1, keepdim=True))
+        out.append((query[start : start + chunk] @ bank.T).topk(k, dim=1).indices)
     return torch.cat(out)
 
 
@@ -96,8 +146,22 @@ def patch_distances(query: Tensor, bank: Tensor, knn: int = 1) -> Tensor:
         k = min(knn, len(bank))
         with torch.no_grad():
             idx = _nearest_indices(q.detach(), bank, k)
-        sims = (q.unsqueeze(1) * bank[idx]).sum(-1)  # (P, k)
-    return (1.0 - sims.mean(dim=1)).reshape(shape)
+        return _distances_at(q, bank, idx).reshape(shape)
+
+
+def _distances_at(q: Tensor, bank: Tensor, idx: Tensor) -> Tensor:
+    """1 - the mean cosine similarity (P,) of normalised query rows to the bank rows ``idx``
+    (P, k), recomputed (with gradient) from those rows."""
+    sims = (q.unsqueeze(1) * bank[idx]).sum(-1)  # (P, k)
+    return 1.0 - sims.mean(dim=1)
+
+
+def query_rows(features: Tensor, bank: Tensor) -> Tensor:
+    """Patch features (..., D) as the normalised query rows (P, D) that ``patch_distances``
+    searches ``bank`` with."""
+    with torch.autocast(features.device.type, enabled=False):
+        q = features.reshape(-1, features.shape[-1]).to(bank.device, bank.dtype)
+        return F.normalize(q, dim=-1)
 
 
 def top_count(n_patches: int) -> int:
@@ -219,8 +283,12 @@ class AnomalyDINO:
     def support_views(self, image: ImageInput) -> list[Tensor]:
         """The preprocessed views of one support image: itself, and its rotations."""
         rgb = load_rgb8(image)
-        angles = ROTATION_ANGLES if self.rotate else (0,)
-        return self.runtime.preprocess([rotate_rgb8(rgb, a) for a in angles])[0]
+        if not self.rotate:
+            return self.runtime.preprocess([rgb])[0]
+        # All angles in one call: each is rotate_rgb8's rotation, without its PIL round trips.
+        chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+        views = rotate_rgb8_torch(chw, ROTATION_ANGLES).permute(0, 2, 3, 1).numpy()
+        return self.runtime.preprocess(list(views))[0]
 
     def features(self, images: Sequence[Tensor]) -> list[Tensor]:
         return self.runtime.features(images)
@@ -263,11 +331,39 @@ class AnomalyDINO:
         """Masked patch-distance grids (h, w) for precomputed test features; ``foreground``
         passes masks computed earlier (else they are computed when ``mask_test`` is on)."""
         self._check_fitted()
+        with torch.no_grad():
+            dists = [
+                patch_distances(f[None].to(self.device), self.memory_bank_, self.knn)[0]
+                for f in features
+            ]
+        return self._masked(dists, features, foreground)
+
+    def distances_from_nearest(
+        self,
+        features: Sequence[Tensor],
+        nearest: Sequence[Tensor],
+        foreground: Sequence[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """``distances_from_features`` (1-NN) with each image's nearest bank rows (P,)
+        found already (``nearest_rows`` / ``merge_nearest`` on this bank)."""
+        self._check_fitted()
+        bank = self.memory_bank_
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            dists = [
+                _distances_at(query_rows(f, bank), bank, idx[:, None]).reshape(f.shape[:-1])
+                for f, idx in zip(features, nearest, strict=True)
+            ]
+        return self._masked(dists, features, foreground)
+
+    def _masked(
+        self,
+        dists: list[Tensor],
+        features: Sequence[Tensor],
+        foreground: Sequence[Tensor] | None,
+    ) -> list[Tensor]:
         masks = self.foreground(features) if foreground is None else foreground
         out = []
-        for i, f in enumerate(features):
-            with torch.no_grad():
-                d = patch_distances(f[None].to(self.device), self.memory_bank_, self.knn)[0]
+        for i, d in enumerate(dists):
             if masks is not None:
                 d = d * masks[i].to(d.device)
             out.append(d)

@@ -10,6 +10,7 @@ that a caller averaging over categories can decide what to do (skip, report, fai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -30,6 +31,8 @@ __all__ = [
     "pixel_auroc",
     "aupro",
     "pro_curve",
+    "PooledTruth",
+    "pooled_truth",
 ]
 
 # 8-connectivity for the ground-truth regions of AUPRO.
@@ -100,37 +103,71 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     }
 
 
-def _pairs(
-    masks: Sequence[ArrayLike], maps: Sequence[ArrayLike]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Matching (bool mask, float map) pairs of 2-D arrays; sizes may differ between images."""
-    masks, maps = list(masks), list(maps)
-    if len(masks) != len(maps):
-        raise ValueError(f"{len(masks)} masks but {len(maps)} maps")
+@dataclass(frozen=True)
+class PooledTruth:
+    """Ground-truth masks pooled once (row-major, image after image), for the pixel
+    metrics of many sets of maps of the same images: the anomalous pixels, each pixel's
+    1/|region| (0 for normal pixels) and the number of regions."""
+
+    shapes: tuple[tuple[int, int], ...]
+    anomalous: np.ndarray  # bool
+    weight: np.ndarray  # float64
+    n_regions: int
+
+
+def _mask(m: ArrayLike, i: int) -> np.ndarray:
+    m = np.asarray(m).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"image {i}: mask must be 2-D, got shape {m.shape}")
+    return m
+
+
+def pooled_truth(masks: Sequence[ArrayLike]) -> PooledTruth:
+    """The masks' pixels and regions (8-connected components), pooled."""
+    masks = [_mask(m, i) for i, m in enumerate(masks)]
     if not masks:
         raise ValueError("no images")
-    out = []
-    for i, (m, a) in enumerate(zip(masks, maps, strict=True)):
-        m = np.asarray(m).astype(bool)
+    anomalous, weight = [], []
+    n_regions = 0
+    for m in masks:
+        lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
+        sizes = np.bincount(lab.ravel(), minlength=k + 1).astype(np.float64)
+        inv = np.zeros(k + 1)
+        inv[1:] = 1.0 / sizes[1:]  # label 0 (normal pixels) keeps weight 0
+        anomalous.append(m.ravel())
+        weight.append(inv[lab.ravel()])
+        n_regions += k
+    return PooledTruth(
+        tuple(m.shape for m in masks), np.concatenate(anomalous), np.concatenate(weight), n_regions
+    )
+
+
+def _pooled(masks: Sequence[ArrayLike] | PooledTruth, maps: Sequence[ArrayLike]) -> tuple:
+    """(truth, pooled map values): maps checked against the masks' shapes, finite, in
+    their own float dtype (float64 for integer maps)."""
+    truth = masks if isinstance(masks, PooledTruth) else pooled_truth(masks)
+    maps = list(maps)
+    if len(maps) != len(truth.shapes):
+        raise ValueError(f"{len(truth.shapes)} masks but {len(maps)} maps")
+    flat = []
+    for i, (a, shape) in enumerate(zip(maps, truth.shapes, strict=True)):
         a = np.asarray(a)
         if not np.issubdtype(a.dtype, np.floating):
             a = a.astype(np.float64)
-        if m.ndim != 2 or m.shape != a.shape:
-            raise ValueError(
-                f"image {i}: mask {m.shape} and map {a.shape} must be equal 2-D shapes"
-            )
+        if a.shape != shape:
+            raise ValueError(f"image {i}: mask {shape} and map {a.shape} must be equal 2-D shapes")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"image {i}: anomaly map has non-finite values")
-        out.append((m, a))
-    return out
+        flat.append(a.ravel())
+    return truth, np.concatenate(flat)
 
 
-def pixel_auroc(masks: Sequence[ArrayLike], maps: Sequence[ArrayLike]) -> float:
-    """AUROC over all pixels of all images pooled. NaN when all pixels share one class."""
-    pairs = _pairs(masks, maps)
-    y = np.concatenate([m.ravel() for m, _ in pairs])
+def pixel_auroc(masks: Sequence[ArrayLike] | PooledTruth, maps: Sequence[ArrayLike]) -> float:
+    """AUROC over all pixels of all images pooled. NaN when all pixels share one class.
+    ``masks`` may be pooled once (``pooled_truth``) for many sets of maps."""
+    truth, s = _pooled(masks, maps)
+    y = truth.anomalous
     # Scores keep their dtype: float32 maps sort several times faster than float64 ones.
-    s = np.concatenate([a.ravel() for _, a in pairs])
     if y.all() or not y.any():
         return float("nan")
     return _rank_auc(y, s)
@@ -150,26 +187,8 @@ def _rank_auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((below + 0.5 * (not_above - below)) / (anomalous.size * normal.size))
 
 
-def _pixels(
-    pairs: list[tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Pooled scores, normal flags and per-pixel 1/|region| weights, and the region count."""
-    scores, normal, weight = [], [], []
-    n_regions = 0
-    for m, a in pairs:
-        lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
-        sizes = np.bincount(lab.ravel(), minlength=k + 1).astype(np.float64)
-        inv = np.zeros(k + 1)
-        inv[1:] = 1.0 / sizes[1:]  # label 0 (normal pixels) keeps weight 0
-        scores.append(a.ravel())
-        normal.append(~m.ravel())
-        weight.append(inv[lab.ravel()])
-        n_regions += k
-    return np.concatenate(scores), np.concatenate(normal), np.concatenate(weight), n_regions
-
-
 def pro_curve(
-    masks: Sequence[ArrayLike],
+    masks: Sequence[ArrayLike] | PooledTruth,
     maps: Sequence[ArrayLike],
     fpr_limit: float = 1.0,
     num_thresholds: int | None = None,
@@ -187,7 +206,8 @@ def pro_curve(
     largest and the smallest map value are used. Empty arrays when there are no regions or
     no normal pixels.
     """
-    scores, normal, weight, n_regions = _pixels(_pairs(masks, maps))
+    truth, scores = _pooled(masks, maps)
+    normal, weight, n_regions = ~truth.anomalous, truth.weight, truth.n_regions
     n_normal = int(normal.sum())
     if n_regions == 0 or n_normal == 0:
         return np.empty(0), np.empty(0)
@@ -236,7 +256,7 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 
 
 def aupro(
-    masks: Sequence[ArrayLike],
+    masks: Sequence[ArrayLike] | PooledTruth,
     maps: Sequence[ArrayLike],
     fpr_limit: float = 0.3,
     num_thresholds: int | None = None,

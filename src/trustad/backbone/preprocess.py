@@ -66,10 +66,20 @@ def crop_to_patches(t: Tensor, patch_size: int = PATCH_SIZE) -> Tensor:
 
 def preprocess(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
     """A (3, H, W) float tensor in [0, 1], smaller edge ``resolution``, cropped to 14s."""
+    return to_unit(preprocess_uint8(image, resolution))
+
+
+def preprocess_uint8(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
+    """The 8-bit values (uint8 (3, H, W), contiguous) that ``preprocess`` scales to [0, 1]:
+    Pillow's bicubic resize gives 8-bit values, so keeping these loses nothing."""
     img = load_rgb8(image)
     img = img.resize(resized_size(*img.size, resolution), Image.BICUBIC)
-    t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    return crop_to_patches(t)
+    return crop_to_patches(torch.from_numpy(np.array(img)).permute(2, 0, 1)).contiguous()
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 image values as float32 in [0, 1] (value / 255, as ``preprocess`` scales)."""
+    return images.float() / 255.0
 
 
 def preprocess_mask(mask: np.ndarray, resolution: int = DEFAULT_RESOLUTION) -> Tensor:

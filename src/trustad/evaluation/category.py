@@ -5,23 +5,33 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..backbone.preprocess import patch_mask, preprocess_mask
+from ..backbone.preprocess import (
+    load_rgb8,
+    patch_mask,
+    preprocess_mask,
+    preprocess_uint8,
+    to_unit,
+)
 from ..backbone.runtime import BackboneRuntime
 from ..data import CategoryData, Sample, load_mask
 from ..images import ImageReadError
+from ..metrics import PooledTruth
 from ..model import FittedDetector
 from ..pixel_metrics import PixelTargets
 from .flagging import UnitFlags
+from .nearest import NearestParts
 from .progress import Progress
+from .rows import CleanCalibration
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
@@ -31,7 +41,7 @@ class CategoryState:
     """What is computed once per category and shared by every unit of work."""
 
     data: CategoryData
-    images: list[Tensor]  # preprocessed test images (3, H, W) in [0, 1]
+    images: CategoryImages  # preprocessed test images, read as (3, H, W) in [0, 1]
     sizes: list[tuple[int, int]]  # original (width, height)
     labels: np.ndarray
     masks: list[np.ndarray | None] | None  # ground truth at the original size; None: none
@@ -39,10 +49,14 @@ class CategoryState:
     clean_features: list[Tensor] = field(default_factory=list)
     clean_foreground: list[Tensor] | None = None
     clean_distances: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
+    calibrations: dict[tuple[int, int], CleanCalibration] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
+    nearest: NearestParts = field(default_factory=NearestParts)  # bank search, per part
+    perturbations: dict = field(default_factory=dict)  # L-inf/PSNR columns per attacked set
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device
+    pixel_truth: PooledTruth | None = None  # the same in numpy, for the CPU's metrics
     model: FittedDetector | None = None  # the category's detector, refitted per unit
     flags: UnitFlags | None = None  # attack flags, calibrated per (shots, seed)
 
@@ -51,11 +65,36 @@ class CategoryState:
         return self.data.category
 
 
+class CategoryImages(Sequence[Tensor]):
+    """A category's preprocessed test images, kept as their 8-bit values (uint8, a quarter
+    of float32's memory; lossless: ``preprocess_uint8``). Each item read (an index or a
+    slice, e.g. a batch) is the float (3, H, W) tensor in [0, 1] of ``preprocess``, made
+    when it is read."""
+
+    def __init__(self, images: Sequence[Tensor]) -> None:
+        if any(t.dtype != torch.uint8 for t in images):
+            raise ValueError("test images must be kept as uint8 values")
+        self.uint8 = list(images)
+
+    def __len__(self) -> int:
+        return len(self.uint8)
+
+    @overload
+    def __getitem__(self, i: int) -> Tensor: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Tensor]: ...
+    def __getitem__(self, i: int | slice) -> Tensor | list[Tensor]:
+        if isinstance(i, slice):
+            return [to_unit(t) for t in self.uint8[i]]
+        return to_unit(self.uint8[i])
+
+
 def _preprocess_or_error(
-    runtime: BackboneRuntime, sample: Sample
-) -> tuple[list[Tensor], list[tuple[int, int]]] | ImageReadError:
+    resolution: int, sample: Sample
+) -> tuple[Tensor, tuple[int, int]] | ImageReadError:
     try:
-        return runtime.preprocess([sample.path])
+        rgb = load_rgb8(sample.path)
+        return preprocess_uint8(rgb, resolution), rgb.size
     except ImageReadError as exc:
         return exc
 
@@ -73,15 +112,15 @@ def load_state(
         ThreadPoolExecutor(DECODE_THREADS) as pool,
         log.bar(f"[{category}] reading test images", len(data.test)) as bar,
     ):
-        decoded = pool.map(functools.partial(_preprocess_or_error, runtime), data.test)
+        decoded = pool.map(functools.partial(_preprocess_or_error, runtime.resolution), data.test)
         for sample, result in zip(data.test, decoded):
             bar.update()
             if isinstance(result, ImageReadError):
                 skip(f"[{category}] test image left out: {result}")
                 continue
             kept.append(sample)
-            images.extend(result[0])
-            sizes.extend(result[1])
+            images.append(result[0])
+            sizes.append(result[1])
     if not kept:
         raise ValueError(f"{category}: none of its {len(data.test)} test images is readable")
     notes = []
@@ -99,7 +138,7 @@ def load_state(
                 f"readable mask: {shown}"
             )
     labels = np.array([s.label for s in data.test])
-    return CategoryState(data, images, sizes, labels, masks, notes=notes)
+    return CategoryState(data, CategoryImages(images), sizes, labels, masks, notes=notes)
 
 
 def _mask_or_none(
@@ -119,7 +158,7 @@ def probe_labels(st: CategoryState, resolution: int) -> list[Tensor]:
     """Patch labels for the probe: max-pooled masks, or the image label everywhere."""
     if st.probe_labels is None:
         st.probe_labels = []
-        for i, x in enumerate(st.images):
+        for i, x in enumerate(st.images.uint8):  # only their shapes: no float copies
             if st.masks is not None and st.masks[i] is not None:
                 m = patch_mask(preprocess_mask(st.masks[i], resolution))
             else:

@@ -84,6 +84,27 @@ def probabilities(calibrators: dict[str, cal.Calibrator], scores: np.ndarray) ->
     return {name: c.predict_proba(scores) for name, c in calibrators.items()}
 
 
+@dataclass(frozen=True)
+class CleanCalibration:
+    """Every calibrator fitted on the clean calibration scores of one detector (category,
+    shots, seed), the notes on their fallbacks, and every clean test image's probabilities:
+    the same for every condition scored with that detector, so fitted once for all."""
+
+    scores: np.ndarray  # clean scores of every test image
+    calibrators: dict[str, cal.Calibrator]
+    notes: list[str]
+    probs: dict[str, np.ndarray]
+
+
+def clean_calibration(
+    clean_scores: np.ndarray, labels: np.ndarray, split: Split, options: CalibrationOptions
+) -> CleanCalibration:
+    calibrators, notes = fitted_calibrators(clean_scores, labels, split, options)
+    return CleanCalibration(
+        clean_scores, calibrators, notes, probabilities(calibrators, clean_scores)
+    )
+
+
 def score_rows(
     unit: Unit,
     image_ids: Sequence[str],
@@ -183,7 +204,9 @@ def conformal_columns(
     return out
 
 
-def pixel_columns(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, float]:
+def pixel_columns(
+    masks: Sequence[np.ndarray] | metrics.PooledTruth, maps: Sequence[np.ndarray]
+) -> dict[str, float]:
     return {"pixel_auroc": metrics.pixel_auroc(masks, maps), "aupro": metrics.aupro(masks, maps)}
 
 
@@ -200,7 +223,7 @@ def result_row(
     unit: Unit,
     labels: np.ndarray,
     scores: np.ndarray,
-    clean_scores: np.ndarray,
+    clean: np.ndarray | CleanCalibration,
     split: Split,
     options: CalibrationOptions,
     notes: Sequence[str] = (),
@@ -209,13 +232,15 @@ def result_row(
     probabilities of every test image under every calibrator (for scores.csv).
 
     Calibrators are fitted on the clean calibration scores of the same (category, shots,
-    seed); metrics use this condition's evaluation part; flagging compares with the clean
-    evaluation part."""
+    seed) (``clean``: those scores, or the ``clean_calibration`` made of them); metrics use
+    this condition's evaluation part; flagging compares with the clean evaluation part."""
+    if not isinstance(clean, CleanCalibration):
+        clean = clean_calibration(clean, labels, split, options)
     all_notes = [split.note] if split.note else []
     all_notes += notes
-    calibrators, fit_notes = fitted_calibrators(clean_scores, labels, split, options)
-    probs = probabilities(calibrators, scores)
-    clean_probs = probabilities(calibrators, clean_scores)
+    clean_scores, clean_probs, fit_notes = clean.scores, clean.probs, clean.notes
+    same = np.array_equal(scores, clean_scores)  # a clean unit: its probabilities are known
+    probs = clean_probs if same else probabilities(clean.calibrators, scores)
     row: dict[str, Any] = dict(unit.to_dict(), n_images=len(scores), n_anomalous=int(labels.sum()))
     row.update(metrics.image_metrics(labels, scores))
     attacked = unit.condition != CLEAN

@@ -29,8 +29,8 @@ from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
 from ..flags import FlagInputs, flag_aware_score_loss
-from ..images import ImageReadError
 from ..maps import anomaly_maps_grouped
+from ..metrics import pooled_truth
 from ..model import FittedDetector
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
@@ -45,6 +45,7 @@ from .rows import (
     Split,
     Unit,
     calibration_split,
+    clean_calibration,
     gated_columns,
     perturbation_columns,
     pixel_columns,
@@ -55,6 +56,7 @@ from .rows import (
 )
 from .settings import CLEAN, EvaluationSettings
 from .store import TIMING_COLUMNS, ResultStore
+from .support import readable_support, support_features
 from .units import WorkUnit, run_units
 
 # What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
@@ -158,7 +160,7 @@ class Evaluation:
             st.model = self._model(category)
             st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate, self.s.gate())
             det = st.model.detector
-            pending = self._readable_support(st, det, pending)
+            pending = readable_support(st, det, self.runtime, self.log, self._skip, pending)
         st.clean_features = self._features(st, st.images, "clean features")
         with self.clock("features"):
             st.clean_foreground = det.foreground(st.clean_features)
@@ -188,6 +190,9 @@ class Evaluation:
                 results.append(row)
                 scores.extend(unit_scores)
             self.store.add(results, scores)
+            if cond != CLEAN:  # its features are scored by no other unit
+                st.nearest.forget((cond, eps, seed))
+                st.perturbations.clear()
             self.computed += len(results)
             self.units_bar.update(len(results))
 
@@ -222,40 +227,10 @@ class Evaluation:
                 bar.update(len(batch))
         return out
 
-    def _support_features(
-        self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int
-    ) -> list[Tensor]:
-        paths = select_support(st.data.train, shots, seed)
-        missing = [p for p in paths if p not in st.support_features]
-        if missing:
-            desc = f"[{st.category}] support features"
-            with self.clock("features"), self.log.bar(desc, len(missing)) as bar:
-                for path in missing:
-                    st.support_features[path] = self.runtime.features(det.support_views(path))
-                    bar.update()
-        return [f for p in paths for f in st.support_features[p]]
-
     def _fit(self, det: AnomalyDINO, st: CategoryState, shots: int, seed: int) -> None:
-        st.model.fit_features(self._support_features(det, st, shots, seed))
-
-    def _readable_support(
-        self, st: CategoryState, det: AnomalyDINO, pending: list[Group]
-    ) -> list[Group]:
-        """The pending units whose support images can all be read; the others are skipped
-        and said so (the drawn support set names the unreadable file)."""
-        unreadable = set()
-        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots}):
-            try:
-                self._support_features(det, st, k, seed)
-            except ImageReadError as exc:
-                unreadable.add((seed, k))
-                self._skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {exc}")
-        out = []
-        for seed, cond, eps, shots in pending:
-            kept = [k for k in shots if (seed, k) not in unreadable]
-            if kept:
-                out.append(Group(seed, cond, eps, kept))
-        return out
+        with self.clock("features"):
+            feats = support_features(st, det, self.runtime, self.log, shots, seed)
+        st.model.fit_features(feats)
 
     # -- one unit -----------------------------------------------------------------------
     def _unit(
@@ -268,13 +243,17 @@ class Evaluation:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         features, foreground, attacked = scored
         self._fit(det, st, unit.shots, unit.seed)
-        dists = det.distances_from_features(features, foreground)
+        dists = self._distances(st, det, unit, features, foreground)
         scores = det.scores_from_distances(dists)
         key = (unit.shots, unit.seed)
         if attacked is None:
             st.clean_distances[key] = dists
         clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
-        clean = det.scores_from_distances(clean_dists)
+        if key not in st.calibrations:  # fitted once per detector, for every condition
+            st.calibrations[key] = clean_calibration(
+                det.scores_from_distances(clean_dists), st.labels, split, self.calibration_options
+            )
+        clean = st.calibrations[key]
         notes = list(st.notes)
         flag_cols = {}
         clean_batch = (clean_dists, st.clean_features, st.images)
@@ -297,7 +276,10 @@ class Evaluation:
                 row.update(self._pixel_columns(st, dists))
                 bar.update()
         if attacked is not None:
-            row.update(perturbation_columns(st.images, attacked))
+            test_set = self._test_set(unit)  # the same inputs for every shot count: once
+            if test_set is None or test_set not in st.perturbations:
+                st.perturbations[test_set] = perturbation_columns(st.images, attacked)
+            row.update(st.perturbations[test_set])
         image_ids = [t.image_id for t in st.data.test]
         per_image = score_rows(unit, image_ids, st.labels, split, scores, probs, gated)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
@@ -321,7 +303,9 @@ class Evaluation:
         device = self.runtime.device
         maps = anomaly_maps_grouped([dists[i] for i in have], [st.sizes[i] for i in have], device)
         if device.type == "cpu":
-            return pixel_columns([st.masks[i] for i in have], [m.numpy() for m in maps])
+            if st.pixel_truth is None:  # the masks' regions, found once per category
+                st.pixel_truth = pooled_truth([st.masks[i] for i in have])
+            return pixel_columns(st.pixel_truth, [m.numpy() for m in maps])
         if st.pixel_targets is None:
             st.pixel_targets = pixel_targets([st.masks[i] for i in have], device)
         return {
@@ -336,10 +320,40 @@ class Evaluation:
         memory for the category; computed from the clean features when a resumed run
         needs them."""
         if (shots, seed) not in st.clean_distances:
-            st.clean_distances[shots, seed] = det.distances_from_features(
-                st.clean_features, st.clean_foreground
+            unit = Unit(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
+            st.clean_distances[shots, seed] = self._distances(
+                st, det, unit, st.clean_features, st.clean_foreground
             )
         return st.clean_distances[shots, seed]
+
+    def _test_set(self, unit: Unit) -> tuple | None:
+        """What identifies the features a unit scores across its category's units: clean,
+        or an attack that does not depend on the bank (once per seed and eps); None for
+        score attacks (computed per unit)."""
+        if unit.condition == CLEAN:
+            return (CLEAN,)
+        if self.s.attack(unit.condition, unit.eps).targets_score:
+            return None
+        return (unit.condition, unit.eps, unit.seed)
+
+    def _distances(
+        self,
+        st: CategoryState,
+        det: AnomalyDINO,
+        unit: Unit,
+        features: list[Tensor],
+        foreground: list[Tensor] | None,
+    ) -> list[Tensor]:
+        """Patch distances of a unit's test features to its (fitted) bank; the 1-NN search
+        goes part by part (one per support image) through the category's ``NearestParts``,
+        which keeps every part searched for a test set."""
+        key = self._test_set(unit)
+        if key is None or det.knn != 1 or det.mask_support:  # no parts to reuse
+            return det.distances_from_features(features, foreground)
+        paths = select_support(st.data.train, unit.shots, unit.seed)
+        sizes = [sum(v[..., 0].numel() for v in st.support_features[p]) for p in paths]
+        nearest = st.nearest.indices(key, features, det.memory_bank_, paths, sizes)
+        return det.distances_from_nearest(features, nearest, foreground)
 
     # -- attacks ------------------------------------------------------------------------
     def _score_objective(

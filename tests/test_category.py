@@ -1,0 +1,71 @@
+"""What a run keeps per category: test images as uint8 (read back as the floats that
+preprocessing gives), support views made ahead in threads, unreadable support images."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from conftest import make_tiny_vit, small_synthetic
+
+from trustad.backbone.preprocess import preprocess
+from trustad.backbone.runtime import BackboneRuntime
+from trustad.data import load_category
+from trustad.evaluation import Evaluation, EvaluationSettings
+from trustad.evaluation.category import CategoryImages, load_state
+from trustad.evaluation.progress import Progress
+from trustad.evaluation.support import prefetched
+from trustad.images import ImageReadError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return small_synthetic(tmp_path_factory, categories=("brick",))
+
+
+def test_test_images_kept_as_uint8_read_as_the_preprocessed_floats(dataset):
+    runtime = BackboneRuntime(make_tiny_vit(), resolution=56, batch_size=4)
+    data = load_category("folder", str(dataset), "brick")
+    st = load_state(data, runtime, Progress(False), lambda message: None)
+    assert isinstance(st.images, CategoryImages)
+    assert all(t.dtype == torch.uint8 for t in st.images.uint8)
+    want = [preprocess(s.path, 56) for s in data.test]
+    assert all(torch.equal(a, b) for a, b in zip(st.images, want, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(st.images[2:5], want[2:5], strict=True))
+    # The same features, hence the same scores, as from the float images.
+    got = runtime.features(list(st.images))
+    assert all(torch.equal(a, b) for a, b in zip(got, runtime.features(want), strict=True))
+    stored = sum(t.nbytes for t in st.images.uint8)
+    assert stored * 4 == sum(t.nbytes for t in want)
+    with pytest.raises(ValueError, match="uint8"):
+        CategoryImages(want)
+
+
+def test_prefetched_keeps_order_and_returns_read_errors():
+    def work(i: int) -> int:
+        if i == 3:
+            raise ImageReadError(f"img{i}.png", "broken")
+        return i * i
+
+    out = list(prefetched(work, list(range(7)), workers=2))
+    assert [item for item, _ in out] == list(range(7))
+    assert [r for i, r in out if i != 3] == [i * i for i in range(7) if i != 3]
+    assert isinstance(out[3][1], ImageReadError) and "img3.png" in str(out[3][1])
+
+
+def test_an_unreadable_support_image_skips_only_the_units_that_draw_it(dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    broken = root / "brick" / "train" / "good" / "001.png"
+    broken.write_bytes(b"not a png")
+    settings = EvaluationSettings(
+        dataset="folder", root=str(root), shots=[1, 2], seeds=2, resolution=56, batch_size=4
+    )
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    rows = run.run()
+    # seed 0 draws img0 | img0, img1; seed 1 draws img1 | img2, img3.
+    assert sorted((r["seed"], r["shots"]) for r in rows) == [(0, 1), (1, 2)]
+    assert len(run.skipped) == 2 and all(str(broken) in m for m in run.skipped)
+    assert "2 shots, seed 0 skipped" in run.skipped[0]
+    assert "1 shots, seed 1 skipped" in run.skipped[1]
