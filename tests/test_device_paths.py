@@ -15,7 +15,7 @@ from trustad.backbone.runtime import BackboneRuntime
 from trustad.cli import build_parser
 from trustad.detector import AnomalyDINO, anomaly_map
 from trustad.evaluation import Evaluation, EvaluationSettings
-from trustad.evaluation.settings import from_arguments
+from trustad.evaluation.arguments import from_arguments
 from trustad.maps import anomaly_maps_grouped
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")

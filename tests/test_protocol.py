@@ -11,6 +11,7 @@ from conftest import make_tiny_vit, small_synthetic
 from trustad import calibration as cal
 from trustad import metrics
 from trustad.evaluation import Evaluation, EvaluationSettings, result_columns
+from trustad.flags import FLAGS, ZERO_COST_FLAGS
 from trustad.report import aggregate, read_results, summary
 
 
@@ -377,10 +378,11 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
         shots=[1],
         attacks=["noise"],
         calibration_fraction=0.4,
+        flags=list(FLAGS),
     )
     rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
     attacked = next(r for r in rows if r["condition"] == "noise")
-    for name in ("stability", "median", "exceed", "feature_norm", "noise_level", "combined"):
+    for name in FLAGS:
         assert 0.0 <= attacked[f"flag_auroc_{name}"] <= 1.0
         assert 0.0 <= attacked[f"flag_tpr_{name}"] <= 1.0
     clean = next(r for r in rows if r["condition"] == "clean")
@@ -399,6 +401,9 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
     off = _settings(dataset, categories=["brick"], seeds=1, shots=[1], gate_flag="none")
     plain = Evaluation(off, make_tiny_vit(), tmp_path / "off", progress=False).run()
     assert all("gated_share" not in r for r in plain)
+    # By default the zero-cost flags and their combination are measured, not stability.
+    default = EvaluationSettings(dataset="folder", root=str(tmp_path))
+    assert default.flags == [*ZERO_COST_FLAGS, "combined"]
 
 
 def test_the_adaptive_attack_is_a_condition(dataset, tmp_path):

@@ -6,8 +6,9 @@ import pytest
 
 from trustad.cli import build_parser
 from trustad.cli.demo import DEMO_PROTOCOL
+from trustad.evaluation.arguments import from_arguments
 from trustad.evaluation.presets import PAPER, QUICK, preset
-from trustad.evaluation.settings import EvaluationSettings, from_arguments
+from trustad.evaluation.settings import EvaluationSettings
 
 
 def _parse(*argv: str):

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..evaluation import settings as run_settings
+from ..evaluation import arguments as run_arguments
 from .evaluate import add_runtime_options
 
 # The demo runs the quick protocol preset (evaluation/presets.py) on synthetic data.
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--test-good", type=int, default=8, help="normal test images per category")
     p.add_argument("--test-defect", type=int, default=8, help="defective test images per category")
-    run_settings.add_arguments(p, exclude=("dataset", "root", "categories"))
+    run_arguments.add_arguments(p, exclude=("dataset", "root", "categories"))
     add_runtime_options(p)
     p.set_defaults(func=run_demo)
 
@@ -37,7 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data_root = out / "data"
     t0 = time.time()
     protocol = getattr(args, "protocol", None) or DEMO_PROTOCOL
-    settings = run_settings.from_arguments(
+    settings = run_arguments.from_arguments(
         args, protocol=protocol, dataset="folder", root=str(data_root)
     )
     if not (data_root / "dataset.json").exists():

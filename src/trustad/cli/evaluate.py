@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..evaluation import Evaluation
-from ..evaluation import settings as run_settings
+from ..evaluation import arguments as run_arguments
+from ..evaluation.settings import EvaluationSettings
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the paper's study (PROTOCOL.md); options given beside it override it.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    run_settings.add_arguments(p)
+    run_arguments.add_arguments(p)
     add_runtime_options(p)
     p.add_argument(
         "--plan",
@@ -78,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def execute(
-    settings: run_settings.EvaluationSettings,
+    settings: EvaluationSettings,
     out: str | Path,
     device: str,
     quiet: bool,
@@ -140,7 +141,7 @@ def left_out(run: Evaluation) -> int:
     return 1 if run.failures or run.skipped else 0
 
 
-def _load_backbone(settings: run_settings.EvaluationSettings, device: torch.device) -> Any:
+def _load_backbone(settings: EvaluationSettings, device: torch.device) -> Any:
     from ..backbone import load_backbone
     from ..evaluation.progress import LOGGER
 
@@ -152,7 +153,7 @@ def _load_backbone(settings: run_settings.EvaluationSettings, device: torch.devi
     return backbone
 
 
-def show_plan(settings: run_settings.EvaluationSettings, out: str | Path, device: str) -> None:
+def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> None:
     """Print what ``execute`` would do, with a time estimate; writes nothing."""
     from ..backbone.runtime import BackboneRuntime, resolve_device
     from ..evaluation.plan import done_in, make_plan, time_backbone
@@ -177,7 +178,7 @@ def show_plan(settings: run_settings.EvaluationSettings, out: str | Path, device
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    settings = run_settings.from_arguments(args, root=str(Path(args.root)))
+    settings = run_arguments.from_arguments(args, root=str(Path(args.root)))
     if args.plan:
         show_plan(settings, args.out, args.device)
         return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..attacks import DEFAULT_EPS
-from ..flags import ZERO_COST_FLAGS
 
 # The grid and conditions the paper reports: every category, k in {1,2,4,8,16}, seeds 0-2,
 # clean and probe FGSM at 8/255, agnostic preprocessing (Platt scaling and the other
@@ -26,9 +25,6 @@ PAPER: dict[str, Any] = {
     "platt_c": None,
     "platt_smooth": False,
     "save_examples": 2,
-    # Beyond the paper, and free: the flags that need no extra backbone pass. The stability
-    # flag (3 passes per image) is asked for with --flags.
-    "flags": list(ZERO_COST_FLAGS) + ["combined"],
 }
 
 # The same study, smaller: k in {1, 2} and seed 0 only; everything else as PAPER.
