@@ -295,3 +295,23 @@ def test_gated_probabilities_fall_back_to_the_base_rate_where_the_flag_fires():
         gate_probabilities(p, [True] * 3, 0.5)
     with pytest.raises(ValueError, match="base rate"):
         gate_probabilities(p, [True] * 4, 1.5)
+
+
+def test_image_only_values_are_computed_once_per_image_set():
+    calls = []
+
+    class Counting(NoiseLevelFlag):
+        def compute(self, inputs):
+            calls.append(len(inputs))
+            return super().compute(inputs)
+
+    images, d, memo = _textured_images(6, seed=3), _clean_maps(6)[:, :2, :2], {}
+    full = FlagInputs(d, images=images, memo=memo)
+    flag = Counting().calibrate(None, full.subset([0, 1, 2]), 0.05)
+    values = flag.statistic(full.subset(np.array([False, False, False, True, True, True])))
+    # Other distances of the same images share the memo: nothing is computed again.
+    later = FlagInputs(d + 0.1, images=images, memo=memo).subset([5, 3]).subset([1])
+    assert flag.statistic(later)[0] == values[0]
+    assert calls == [6]
+    alone = NoiseLevelFlag().prepare(None, FlagInputs(d[3:], images=images[3:]))
+    np.testing.assert_array_equal(values, alone.statistic(FlagInputs(d[3:], images=images[3:])))

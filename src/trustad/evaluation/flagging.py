@@ -17,6 +17,9 @@ from .rows import Split
 
 UnitKey = tuple[int, int]  # (shots, seed)
 Batch = tuple[list[Tensor], list[Tensor], list[Tensor]]  # distances, features, images
+# Image sets whose image-only flag values are kept: the clean set and the attacked set in
+# use (a probe attack's set serves every shot count of its seed).
+MEMO_SETS = 2
 
 
 class UnitFlags:
@@ -30,6 +33,18 @@ class UnitFlags:
         self.gate_name = gate
         self._flags: dict[UnitKey, dict[str, BaseFlag]] = {}
         self._clean_values: dict[UnitKey, dict[str, np.ndarray]] = {}
+        # id(images list) -> (the list, kept alive so that its id stays its own; memo)
+        self._memos: dict[int, tuple[list[Tensor], dict[str, Tensor]]] = {}
+
+    def inputs(self, batch: Batch) -> FlagInputs:
+        """The flags' inputs for a batch; values of image-only flags are shared by every
+        batch with the same images list (the noise level of a set is computed once)."""
+        images = batch[2]
+        if id(images) not in self._memos:
+            if len(self._memos) >= MEMO_SETS:
+                del self._memos[next(iter(self._memos))]
+            self._memos[id(images)] = (images, {})
+        return FlagInputs(*batch, memo=self._memos[id(images)][1])
 
     def flag(
         self, key: UnitKey, name: str, detector: AnomalyDINO, split: Split, clean: FlagInputs
@@ -61,7 +76,7 @@ class UnitFlags:
             notes.append("gate: no calibration images to set its threshold")
             return None
         try:
-            clean_inputs, inputs = FlagInputs(*clean), FlagInputs(*current)
+            clean_inputs, inputs = self.inputs(clean), self.inputs(current)
         except ValueError as exc:
             notes.append(f"gate left out: {exc}")
             return None
@@ -85,7 +100,7 @@ class UnitFlags:
             notes.append("flags: no calibration images to set their thresholds")
             return {}
         try:
-            clean_inputs, attacked_inputs = FlagInputs(*clean), FlagInputs(*attacked)
+            clean_inputs, attacked_inputs = self.inputs(clean), self.inputs(attacked)
         except ValueError as exc:  # test images of several sizes cannot form one batch
             notes.append(f"flags left out: {exc}")
             return {}

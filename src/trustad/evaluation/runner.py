@@ -28,7 +28,7 @@ from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import AnomalyDINO
-from ..flags import FlagInputs, flag_aware_score_loss
+from ..flags import flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
 from ..model import FittedDetector
@@ -365,7 +365,7 @@ class Evaluation:
         if name != "adaptive":
             return lambda idx: score_loss(det, labels[idx])
         clean_dists = self._clean_distances(st, det, shots, seed)
-        clean = FlagInputs(clean_dists, st.clean_features, st.images)
+        clean = st.flags.inputs((clean_dists, st.clean_features, st.images))
         flag = st.flags.flag((shots, seed), self.s.adaptive_flag, det, split, clean)
         spread = float(np.std(det.scores_from_distances(clean_dists)[split.calibration]))
         lam = self.s.adaptive_lambda

@@ -9,7 +9,7 @@ calibration images only, for a chosen false-flag rate; the defender never sees a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,13 +43,20 @@ class FlagInputs:
 
     ``distances`` (B, h, w): patch-distance grids as the detector scores them (masked where
     ``mask_test`` is on); ``features`` (B, h, w, D): the patch features; ``images``
-    (B, 3, H, W) in [0, 1]: the preprocessed images (needed only by flags that re-run the
-    backbone). Lists of equally-shaped tensors are stacked.
+    (B, 3, H, W) in [0, 1]: the preprocessed images (needed only by flags that read
+    pixels). Lists of equally-shaped tensors are stacked.
+
+    ``memo`` keeps the values of flags that read the images alone (``image_only``), per
+    flag name, for every image of the batch: pass the same dict for the same images (with
+    other distances) to compute them once. A ``subset`` reads them from its parent.
     """
 
     distances: Tensor
     features: Tensor | None = None
     images: Tensor | None = None
+    memo: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    parent: FlagInputs | None = field(default=None, repr=False, compare=False)
+    index: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.distances = _stack(self.distances, "distance grids")
@@ -69,11 +76,17 @@ class FlagInputs:
     def subset(self, index: ArrayLike) -> FlagInputs:
         """The images at ``index`` (integer indices or a boolean mask)."""
         idx = torch.as_tensor(np.asarray(index))
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero()[:, 0]
 
         def pick(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[idx.to(t.device)]
 
-        return FlagInputs(pick(self.distances), pick(self.features), pick(self.images))
+        root = self if self.parent is None else self.parent
+        in_root = idx if self.index is None else self.index[idx]
+        return FlagInputs(
+            pick(self.distances), pick(self.features), pick(self.images), parent=root, index=in_root
+        )
 
 
 @runtime_checkable
@@ -108,6 +121,9 @@ class BaseFlag:
     cost = 0
     needs: tuple[str, ...] = ("distances",)
     uses_reference = False
+    # True when the statistic depends on the images alone (not on the detector or a
+    # reference): its values are then kept in the inputs' memo.
+    image_only = False
 
     def prepare(self, detector: Any, clean: FlagInputs) -> BaseFlag:
         """Store the fitted detector and whatever reference the flag takes from the clean
@@ -132,6 +148,17 @@ class BaseFlag:
     def surrogate(self, inputs: FlagInputs) -> Tensor:
         return self.compute(inputs)
 
+    def values(self, inputs: FlagInputs) -> Tensor:
+        """``compute`` without gradient; an ``image_only`` flag computes it once for all the
+        images of the root batch and keeps it in the root's memo."""
+        if not self.image_only:
+            return self.compute(inputs).detach()
+        root = inputs if inputs.parent is None else inputs.parent
+        if self.name not in root.memo:
+            root.memo[self.name] = self.compute(root).detach()
+        values = root.memo[self.name]
+        return values if inputs.index is None else values[inputs.index.to(values.device)]
+
     def statistic(self, inputs: FlagInputs) -> np.ndarray:
         """Per-image statistic (B,), float64; higher is more suspicious."""
         if not getattr(self, "prepared_", False):
@@ -140,8 +167,8 @@ class BaseFlag:
             )
         self.check_inputs(inputs)
         with torch.no_grad():
-            values = self.compute(inputs)
-        return values.detach().double().cpu().numpy()
+            values = self.values(inputs)
+        return values.double().cpu().numpy()
 
     def fit(
         self, clean_values: ArrayLike, false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE

@@ -39,7 +39,7 @@ class CombinedFlag(BaseFlag):
     def _standardised(self, inputs: FlagInputs, surrogate: bool) -> Tensor:
         z = []
         for m in self.members:
-            s = m.surrogate(inputs) if surrogate else m.compute(inputs)
+            s = m.surrogate(inputs) if surrogate else m.values(inputs)
             z.append((s.double() - m.clean_mean_) / m.clean_scale_)
         return torch.stack(z).amax(dim=0)
 

@@ -16,24 +16,21 @@ the median, whose gradient reaches one pixel only.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import BaseFlag, FlagInputs
 
-# Immerkaer's kernel: the difference of two discrete Laplacians; zero response to a locally
-# linear or quadratic-free intensity, and sqrt(36) = 6 times the noise sigma in its output.
-_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-
 
 def noise_response(images: Tensor) -> Tensor:
-    """Absolute kernel response (B, 3, H-2, W-2) of images (B, 3, H, W) in [0, 1], scaled so
-    that its mean is sigma * sqrt(2/pi) for Gaussian noise of standard deviation sigma."""
+    """Absolute response (B, 3, H-2, W-2) of images (B, 3, H, W) in [0, 1] to Immerkaer's
+    kernel [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] / 6: none to planes, and for Gaussian noise
+    of standard deviation sigma a mean of sigma * sqrt(2/pi) (the kernel's norm is 6). The
+    kernel is [1, -2, 1] times itself: two second differences, several times faster than a
+    grouped convolution on the CPU."""
     x = images.float()
-    c = x.shape[1]
-    k = (_KERNEL / 6.0).to(x.device).view(1, 1, 3, 3).repeat(c, 1, 1, 1)
-    return F.conv2d(x, k, groups=c).abs()
+    d = x[..., :, 2:] - 2.0 * x[..., :, 1:-1] + x[..., :, :-2]
+    d = d[..., 2:, :] - 2.0 * d[..., 1:-1, :] + d[..., :-2, :]
+    return (d / 6.0).abs()
 
 
 class NoiseLevelFlag(BaseFlag):
@@ -41,6 +38,7 @@ class NoiseLevelFlag(BaseFlag):
 
     name = "noise_level"
     needs = ("distances", "images")
+    image_only = True
 
     def compute(self, inputs: FlagInputs) -> Tensor:
         return noise_response(inputs.images).flatten(1).median(dim=1).values
