@@ -130,7 +130,8 @@ class FittedDetector:
         statistics: Mapping[str, ArrayLike] | None = None,
     ) -> FittedDetector:
         """Fit the calibrator (needs both classes), the conformal threshold (on the normal
-        scores) and the flag (needs the calibrator) on calibration images' raw scores.
+        scores) and the flag (the entropy flag needs the calibrator) on calibration images'
+        raw scores.
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
         for provenance; ``normal_distances`` (patch-distance grids of the normal images)
