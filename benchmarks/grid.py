@@ -32,10 +32,12 @@ running, so nested calls are not counted twice: a backbone pass inside an attack
 backbone, the attack's own time (its backward pass) as attack. Work in other threads
 counts through the main thread's wait for it. On CUDA the timers synchronise the device
 at phase boundaries (not inside a phase), so device work lands in the phase that queued
-it; ``--no-sync`` leaves that out to time the grid alone. (cProfile, offered by
-``--profile N`` for a per-function listing, cannot do the split itself: its call graph
-keeps only direct callers, so the time a function spends several calls deep inside another
-cannot be separated exactly.)
+it; ``--no-sync`` leaves that out to time the grid alone. On CUDA the script also prints
+how busy the GPU was: the driver's utilisation (NVML, else nvidia-smi) sampled every 0.2 s
+during the grid; with ``--no-sync`` that figure is not lowered by the phase syncs.
+(cProfile, offered by ``--profile N`` for a per-function listing, cannot do the split
+itself: its call graph keeps only direct callers, so the time a function spends several
+calls deep inside another cannot be separated exactly.)
 
 Before the timed run, the grid's first unit runs once untimed (a warm-up): one-time costs
 of a process (imports that torch and scikit-learn make on first use, GPU kernels) are not
@@ -61,6 +63,7 @@ import dataclasses
 import json
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import threading
@@ -235,6 +238,58 @@ def tiny_vit(seed: int = 0) -> DinoVisionTransformer:
     return model.eval().requires_grad_(False)
 
 
+class BusySampler:
+    """How busy the GPU is during the grid: its utilisation (the share of time a kernel ran,
+    as the driver reports it) sampled every ``interval`` seconds in a background thread,
+    through NVML (torch.cuda.utilization) or else nvidia-smi. Nothing on other devices."""
+
+    def __init__(self, device: torch.device, interval: float = 0.2) -> None:
+        self.device, self.interval = device, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read(self) -> float | None:
+        index = self.device.index or 0
+        try:
+            return float(torch.cuda.utilization(index))
+        except Exception:  # no NVML bindings: ask nvidia-smi
+            pass
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-i", str(index)],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout  # fmt: skip
+            return float(out.strip().splitlines()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self.read()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> BusySampler:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> str | None:
+        if self.device.type != "cuda":
+            return None
+        if not self.samples:
+            return "GPU busy: not measured (neither NVML nor nvidia-smi answered)"
+        mean = sum(self.samples) / len(self.samples)
+        return f"GPU busy: {mean:.0f}% of the grid's time ({len(self.samples)} samples)"
+
+
 def device_of(name: str) -> torch.device:
     try:
         from trustad.backbone.runtime import resolve_device
@@ -364,9 +419,10 @@ def main() -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        rows = run.run()
-        if sync:
-            sync()
+        with BusySampler(device) as busy:
+            rows = run.run()
+            if sync:
+                sync()
         if profiler:
             profiler.disable()
         total = time.perf_counter() - start
@@ -383,6 +439,8 @@ def main() -> None:
     )
     base = json.loads(args.baseline.read_text()) if args.baseline else None
     print(table(seconds, total, n_test, base))
+    if busy.summary():
+        print(busy.summary())
     if args.save:
         per_image = {k: v / n_test for k, v in seconds.items()}
         per_image["total"] = total / n_test
