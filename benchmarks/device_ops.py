@@ -12,7 +12,9 @@ Run: python benchmarks/device_ops.py [--maps 60] [--size 1024] [--device cpu cud
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,44 +31,14 @@ from trustad.detector import ROTATION_ANGLES
 from trustad.maps import MAP_SIGMA, anomaly_maps_torch
 from trustad.pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from reference_ops import numpy_rotation  # noqa: E402  (the former rotation, an oracle)
+
 
 def scipy_map(grid: torch.Tensor, size: int) -> np.ndarray:
     """The former map: torch bilinear on the CPU, then scipy's Gaussian filter."""
     up = F.interpolate(grid[None, None], size=(size, size), mode="bilinear", align_corners=False)
     return ndimage.gaussian_filter(up[0, 0].numpy(), sigma=MAP_SIGMA)
-
-
-def numpy_rotation(src: np.ndarray, angle: float) -> np.ndarray:
-    """The former rotation: numpy, float64, OpenCV 4's fixed-point coordinates."""
-    h, w = src.shape[:2]
-    src = src.astype(np.float32)
-    cx, cy, a = w / 2.0, h / 2.0, np.deg2rad(angle)
-    cos, sin = np.cos(a), np.sin(a)
-    m = [cos, sin, (1 - cos) * cx - sin * cy, -sin, cos, sin * cx + (1 - cos) * cy]
-    d = 1.0 / (m[0] * m[4] - m[1] * m[3])
-    i00, i01, i10, i11 = m[4] * d, -m[1] * d, -m[3] * d, m[0] * d
-    i02, i12 = -i00 * m[2] - i01 * m[5], -i10 * m[2] - i11 * m[5]
-    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-    col_x, col_y = np.rint(i00 * xs * 1024), np.rint(i10 * xs * 1024)
-    row_x, row_y = np.rint((i01 * ys + i02) * 1024) + 16, np.rint((i11 * ys + i12) * 1024) + 16
-    sx = ((row_x[:, None] + col_x[None, :]).astype(np.int64) >> 5) / 32.0
-    sy = ((row_y[:, None] + col_y[None, :]).astype(np.int64) >> 5) / 32.0
-    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-
-    def reflect101(i: np.ndarray, n: int) -> np.ndarray:
-        i = np.mod(i, 2 * n - 2)
-        return np.where(i >= n, 2 * n - 2 - i, i)
-
-    xa, xb = reflect101(x0, w), reflect101(x0 + 1, w)
-    ya, yb = reflect101(y0, h), reflect101(y0 + 1, h)
-    out = (
-        src[ya, xa] * (1 - fx) * (1 - fy)
-        + src[ya, xb] * fx * (1 - fy)
-        + src[yb, xa] * (1 - fx) * fy
-        + src[yb, xb] * fx * fy
-    )
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def timed(fn, repeats: int, device: torch.device | None = None) -> tuple[float, object]:
