@@ -14,7 +14,14 @@ from .fitted import (
     FittedDetector,
 )
 from .flags import DEFAULT_FALSE_FLAG_RATE, FLAGS, make_flag
-from .overlay import overlay, overlay_png
+from .overlay import (
+    DEFAULT_MAP_SCALE,
+    MAP_SCALES,
+    mask_png,
+    overlay,
+    overlay_png,
+    prediction_overlay_png,
+)
 from .state import Prediction, image_record, json_safe
 
 __all__ = [
@@ -22,8 +29,10 @@ __all__ = [
     "DEFAULT_CONFORMAL_ALPHA",
     "DEFAULT_FALSE_FLAG_RATE",
     "DEFAULT_FLAG",
+    "DEFAULT_MAP_SCALE",
     "FLAGS",
     "FORMAT_VERSION",
+    "MAP_SCALES",
     "MODEL_SUFFIX",
     "SAVABLE_CALIBRATORS",
     "FittedDetector",
@@ -32,7 +41,9 @@ __all__ = [
     "image_record",
     "json_safe",
     "make_flag",
+    "mask_png",
     "overlay",
     "overlay_png",
+    "prediction_overlay_png",
     "read_model_file",
 ]

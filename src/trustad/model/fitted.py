@@ -33,6 +33,7 @@ from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FLAG, gate_probabilities
+from ..maps import DEFAULT_FALSE_PIXEL_RATE, pixel_threshold
 from .file import ModelFileError, read_model_file, write_model_file
 from .flags import flag_from_state, image_statistics, make_flag
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
@@ -88,6 +89,8 @@ class FittedDetector:
         self.flag_ = None
         self.decision_rule_: str | None = None
         self.map_range_: tuple[float, float] | None = None
+        # The patch distance above which overlays outline and masks mark a pixel.
+        self.pixel_threshold_: float | None = None
         self.calibration_: dict[str, Any] = {"images": [], "n_normal": 0, "n_anomalous": 0}
         self.notes_: list[str] = []
 
@@ -183,6 +186,7 @@ class FittedDetector:
         if normal_distances:
             values = torch.cat([d.reshape(-1) for d in normal_distances]).double()
             self.map_range_ = (float(values.median()), float(values.max()))
+            self.pixel_threshold_ = pixel_threshold(normal_distances, DEFAULT_FALSE_PIXEL_RATE)
         return self
 
     def fit(
@@ -348,6 +352,7 @@ class FittedDetector:
                 "flag_options": self.flag_options,
             },
             "map_range": None if self.map_range_ is None else list(self.map_range_),
+            "pixel_threshold": self.pixel_threshold_,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -412,6 +417,7 @@ class FittedDetector:
             model.flag_ = flag_from_state(flag["name"], flag)
         model.decision_rule_ = s["decision_rule"]
         model.map_range_ = None if s["map_range"] is None else tuple(s["map_range"])
+        model.pixel_threshold_ = s.get("pixel_threshold")  # absent from older files
         model.format_version_ = s["format_version"]
         return model
 

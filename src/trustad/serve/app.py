@@ -34,7 +34,7 @@ from ..images import (
     read_rgb8,
     read_size,
 )
-from ..model import FittedDetector, json_safe, overlay_png
+from ..model import FittedDetector, Prediction, json_safe, prediction_overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -84,11 +84,11 @@ def decode_image(
         raise UploadError(400, f"{name}: unreadable, truncated or corrupt: {exc.reason}") from exc
 
 
-def map_payload(rgb: Image.Image, amap: np.ndarray, fmt: MapFormat, model: FittedDetector):
+def map_payload(rgb: Image.Image, pred: Prediction, fmt: MapFormat, model: FittedDetector):
     if fmt is MapFormat.png:
-        data = overlay_png(rgb, amap, model.map_range_)
+        data = prediction_overlay_png(rgb, pred, model)
         return {"format": "png", "data": base64.b64encode(data).decode()}
-    raw = np.ascontiguousarray(amap, dtype="<f4")
+    raw = np.ascontiguousarray(pred.anomaly_map, dtype="<f4")
     return {"format": "float32", "shape": list(raw.shape), "data": base64.b64encode(raw).decode()}
 
 
@@ -166,7 +166,7 @@ def create_app(
             "decision_rule": model.decision_rule_,
         }
         if map_format is not MapFormat.none:
-            out["map"] = map_payload(rgb, pred.anomaly_map, map_format, model)
+            out["map"] = map_payload(rgb, pred, map_format, model)
         return json_safe(out)
 
     @app.get("/", include_in_schema=False)
