@@ -135,8 +135,8 @@ def pixel_threshold(
     values = np.concatenate([m.numpy().astype(np.float64).ravel() for m in maps])
     if not np.isfinite(values).all():
         raise ValueError("the normal images' patch distances hold non-finite values")
-    # At most a ``rate`` share of the values lies above the value this picks.
-    return float(np.quantile(values, 1.0 - rate, method="higher"))
+    # The smallest value that at most a ``rate`` share of the values exceeds.
+    return float(np.quantile(values, 1.0 - rate, method="inverted_cdf"))
 
 
 def anomaly_mask(amap: Tensor | np.ndarray, threshold: float) -> np.ndarray:

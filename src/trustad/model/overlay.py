@@ -92,6 +92,22 @@ def heatmap(
     return out
 
 
+def legend_geometry(width: int) -> tuple[int, int, int, int, int]:
+    """(font size, margin, top of the colour bar, top of its labels, height) of the legend
+    of a canvas ``width`` pixels wide."""
+    size = int(np.clip(round(width / 30), 12, 32))
+    pad = size // 2
+    bar_top = pad + round(size * 1.5)
+    labels_top = bar_top + size + 2
+    return size, pad, bar_top, labels_top, labels_top + size + pad
+
+
+def overlay_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the overlay of an image of that size."""
+    canvas_width = max(width, LEGEND_MIN_WIDTH)
+    return canvas_width, height + legend_geometry(canvas_width)[-1]
+
+
 def _legend(
     width: int,
     lo: float,
@@ -101,12 +117,9 @@ def _legend(
     score: float | None,
     decision: bool | None,
 ) -> Image.Image:
-    size = int(np.clip(round(width / 30), 12, 32))
+    size, pad, bar_top, labels_top, height = legend_geometry(width)
     font = ImageFont.load_default(size=size)
-    pad = size // 2
-    bar_top = pad + round(size * 1.5)
-    labels_top = bar_top + size + 2
-    strip = Image.new("RGB", (width, labels_top + size + pad), WHITE)
+    strip = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(strip)
     x = pad
     if score is not None:
@@ -151,7 +164,7 @@ def overlay(
     legend = _legend(
         max(w, LEGEND_MIN_WIDTH), lo, hi, value_range is not None, threshold, score, decision
     )
-    canvas = Image.new("RGB", (legend.width, h + legend.height), WHITE)
+    canvas = Image.new("RGB", overlay_size(w, h), WHITE)
     canvas.paste(Image.fromarray(heat), (0, 0))
     canvas.paste(legend, (0, h))
     return canvas
