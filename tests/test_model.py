@@ -19,7 +19,7 @@ from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
-from trustad.model.flags import image_statistics
+from trustad.flags import FlagInputs
 
 
 @pytest.fixture
@@ -44,6 +44,15 @@ def fitted(tiny_vit, images, **kw) -> FittedDetector:
     labels = [0] * len(images["cal_good"]) + [1] * len(images["cal_bad"])
     kw.setdefault("conformal_alpha", 0.5)
     return FittedDetector(tiny_vit, resolution=RES, **kw).fit(images["good"], cal, labels)
+
+
+def flag_values(model: FittedDetector, paths) -> np.ndarray:
+    """The fitted flag's statistic on images, computed outside ``predict``."""
+    det = model.detector
+    tensors, _ = det.runtime.preprocess(paths)
+    feats = det.features(tensors)
+    dists = det.distances_from_features(feats)
+    return model.flag_.statistic(FlagInputs(dists, feats, tensors))
 
 
 def test_save_load_predict_equal(tiny_vit, images, tmp_path):
@@ -72,10 +81,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
     preds = model.predict(images["test"], maps=False)
     scores = np.array([p.score for p in preds])
     probs = model.calibrator_.predict_proba(scores)
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, [model.flag], dists, tensors)[model.flag]
+    values = flag_values(model, images["test"])
     for p, prob, value in zip(preds, probs, values):
         assert p.anomaly_map is None
         assert p.probability == prob
@@ -87,10 +93,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
 
 def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
     model = fitted(tiny_vit, images)  # the default flag
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, ["noise_level"], dists, tensors)["noise_level"]
+    values = flag_values(model, images["test"])
     preds = model.predict(images["test"], maps=False)
     assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
     # Dense sign noise of 8/255 lifts the noise level of every image above the threshold.
@@ -111,10 +114,7 @@ def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
 
 def test_the_stability_flag_stays_available(tiny_vit, images):
     model = fitted(tiny_vit, images, flag="stability")
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, ["stability"], dists, tensors)["stability"]
+    values = flag_values(model, images["test"])
     preds = model.predict(images["test"], maps=False)
     assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
 
