@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,7 +151,7 @@ class LevelRange:
     meaning: str
 
     def accepts(self, level: float) -> bool:
-        if isinstance(level, bool) or not isinstance(level, (int, float)):
+        if isinstance(level, bool) or not isinstance(level, numbers.Real):
             return False
         if not (math.isfinite(level) and self.low <= level <= self.high):
             return False
@@ -188,7 +189,7 @@ class Corruption:
             )
         if not LEVELS[self.name].accepts(self.level):
             raise ValueError(
-                f"level {self.level!r} is out of range for {self.name!r}: expected "
+                f"level {self.level!r} is not valid for {self.name!r}: expected "
                 f"{LEVELS[self.name].meaning}"
             )
 
@@ -199,7 +200,8 @@ class Corruption:
         return f"{self.name}:{int(level) if level.is_integer() else level!r}"
 
     def apply(self, images: Tensor, seed: int | torch.Generator = 0) -> Tensor:
-        """The corrupted images, shaped like ``images``; the same seed gives the same result."""
+        """The corrupted images, shaped like ``images``; the same seed (an int, or a CPU
+        ``torch.Generator`` to draw from) gives the same result."""
         batch = _as_batch(images)
         if isinstance(seed, torch.Generator):
             generator = seed
