@@ -138,11 +138,31 @@ def test_only_normal_calibration_gives_only_the_conformal_threshold(tiny_vit, im
     assert p.p_value is not None and isinstance(p.decision, bool)
 
 
-def test_no_calibration_no_decision(tiny_vit, images):
+def test_good_images_alone_give_p_values_and_a_flag(tiny_vit, images):
     model = FittedDetector(tiny_vit, resolution=RES).fit(images["good"])
+    # 3 support images scored leave-one-out: p-values in steps of 1/4; alpha 0.1 needs 9
+    # normal scores, so no decision yet (and no probability without anomalous images).
+    assert model.calibration_["n_leave_one_out"] == 3 and model.conformal_.threshold_ == np.inf
     (p,) = model.predict(images["test"][:1])
-    assert (p.probability, p.p_value, p.decision, p.entropy, p.flag) == (None,) * 5
+    assert p.probability is None and p.entropy is None and p.decision is None
+    assert p.p_value in (0.25, 0.5, 0.75, 1.0) and isinstance(p.flag, bool)
     assert model.settings()["support"][0]["name"] == "00.png"
+    loose = FittedDetector(tiny_vit, resolution=RES, conformal_alpha=0.5).fit(images["good"])
+    assert loose.decision_rule_ == "conformal"
+
+
+def test_a_leave_one_out_score_equals_a_refit_without_that_image(tiny_vit, images):
+    model = FittedDetector(tiny_vit, resolution=RES, rotate=True).fit(images["good"])
+    loo = np.sort(model.conformal_.calibration_scores_)
+    refits = []
+    for i, path in enumerate(images["good"]):
+        others = [p for j, p in enumerate(images["good"]) if j != i]
+        refits.append(
+            AnomalyDINO(tiny_vit, resolution=RES, rotate=True).fit(others).score([path])[0]
+        )
+    np.testing.assert_allclose(loo, np.sort(refits), rtol=1e-6)
+    # Scored against the whole bank, a support image is its own nearest neighbour.
+    assert np.allclose(model.detector.score(images["good"]), 0.0, atol=1e-5)
 
 
 def test_settings_record_provenance(tiny_vit, images, tmp_path):

@@ -30,7 +30,7 @@ from ..detector import AnomalyDINO
 from ..flags import flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
-from ..model import MODEL_SUFFIX, Assessment, FittedDetector, TrustEngine
+from ..model import MODEL_SUFFIX, Assessment, FittedDetector, TrustEngine, flag_reference
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
@@ -294,18 +294,24 @@ class Evaluation:
             model, cal, labels = st.model, split.calibration, st.labels
             clean_dists = self._clean_distances(st, det, *key)
             scores = det.scores_from_distances(clean_dists)
-            inputs, left_out = None, None
-            if len(cal) and model.trust_options.flags:
+            normal = cal[labels[cal] == 0]
+            reference, left_out = [], None
+            if len(normal) and model.trust_options.flags:
                 clean = ScoredSet(clean_dists, st.clean_features, st.images)
                 try:
-                    inputs = st.flag_inputs.inputs(clean).subset(cal)
+                    inputs = st.flag_inputs.inputs(clean).subset(normal)
+                    envelope = model.trust_options.benign_envelope
+                    reference = [flag_reference(inputs, scores[normal], envelope, key[1])]
                 except ValueError as exc:  # test images of several sizes form no batch
                     left_out = f"flags left out: {exc}"
+            paths = select_support(st.data.train, key[0], key[1])
+            loo = det.leave_one_out_distances([st.support_features[p] for p in paths])
             model.calibrate(
                 scores[cal],
                 labels[cal],
-                inputs=inputs,
-                normal_distances=[clean_dists[i] for i in cal if labels[i] == 0],
+                reference=reference,
+                leave_one_out_scores=det.scores_from_distances(loo),
+                normal_distances=[clean_dists[i] for i in normal] + loo,
             )
             if left_out:
                 model.trust_.notes_.append(left_out)

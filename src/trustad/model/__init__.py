@@ -15,8 +15,10 @@ from .trust import (
     DEFAULT_CALIBRATOR,
     DEFAULT_CONFORMAL_ALPHA,
     Assessment,
+    FlagReference,
     TrustEngine,
     TrustOptions,
+    flag_reference,
 )
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "Prediction",
     "TrustEngine",
     "TrustOptions",
+    "FlagReference",
+    "flag_reference",
     "image_record",
     "json_safe",
     "make_flag",

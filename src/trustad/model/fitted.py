@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,8 +37,10 @@ from .trust import (
     DEFAULT_CALIBRATOR,
     DEFAULT_CONFORMAL_ALPHA,
     Assessment,
+    FlagReference,
     TrustEngine,
     TrustOptions,
+    flag_reference,
 )
 
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
@@ -154,18 +156,20 @@ class FittedDetector:
         labels: ArrayLike | None = None,
         *,
         images: Sequence[dict] | None = None,
-        inputs: FlagInputs | None = None,
+        reference: Sequence[FlagReference] = (),
+        leave_one_out_scores: ArrayLike | None = None,
         normal_distances: Sequence[Tensor] | None = None,
     ) -> FittedDetector:
-        """Fit the trust engine on calibration images' raw scores: the calibrator (needs
-        both classes), the conformal threshold (on the normal scores) and the flag (on the
-        flag ``inputs`` of the same images; the entropy flag needs the calibrator).
+        """Fit the trust engine (``TrustEngine.fit``) on calibration images' raw scores,
+        the support images' leave-one-out scores and the flags' normal ``reference``.
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
-        for provenance; ``normal_distances`` (patch-distance grids of the normal images)
-        set the colour range of heatmap overlays.
+        for provenance; ``normal_distances`` (patch-distance grids of normal images) set the
+        colour range of heatmap overlays.
         """
-        self.trust_ = TrustEngine(self.trust_options).fit(self.detector, scores, labels, inputs)
+        self.trust_ = TrustEngine(self.trust_options).fit(
+            self.detector, scores, labels, reference, leave_one_out_scores
+        )
         self.calibration_images_ = [dict(r) for r in images or []]
         self.map_range_ = None
         if normal_distances:
@@ -180,31 +184,48 @@ class FittedDetector:
         calibration_labels: ArrayLike | None = None,
     ) -> FittedDetector:
         """Fit on normal support images, then calibrate on ``calibration`` images (labels
-        0/1; None: all normal). Images: paths, PIL images or arrays."""
+        0/1; None: all normal) and on the support images themselves, each scored against a
+        bank without it (leave-one-out: decisions and flags from good images alone). Images:
+        paths, PIL images or arrays."""
         if isinstance(support, (str, bytes, os.PathLike)) or not isinstance(support, Sequence):
             support = [support]
         det = self.detector
-        views = [v for img in support for v in det.support_views(img)]
+        views = [det.support_views(img) for img in support]
+        feats = det.features([v for image_views in views for v in image_views])
+        per_image, start = [], 0
+        for image_views in views:
+            per_image.append(feats[start : start + len(image_views)])
+            start += len(image_views)
         records = [image_record(img, i) for i, img in enumerate(support)]
-        self.fit_features(det.features(views), records)
+        self.fit_features(feats, records)
+        loo = det.leave_one_out_distances(per_image)
+        loo_scores = det.scores_from_distances(loo)
+        loo_set = _Scored(loo, [f[0] for f in per_image], [v[0] for v in views], loo_scores)
+        cal_set, labels, recs = None, np.zeros(0), []
         if calibration:
             tensors, _ = det.runtime.preprocess(calibration)
-            feats = det.features(tensors)
-            dists = det.distances_from_features(feats)
-            scores = det.scores_from_distances(dists)
-            labels = np.zeros(len(scores)) if calibration_labels is None else calibration_labels
+            cal_feats = det.features(tensors)
+            dists = det.distances_from_features(cal_feats)
+            labels = np.zeros(len(dists)) if calibration_labels is None else calibration_labels
             labels = np.asarray(labels).ravel()
             recs = [
                 {**image_record(img, i), "label": int(lab)}
                 for i, (img, lab) in enumerate(zip(calibration, labels))
             ]
-            self.calibrate(
-                scores,
-                labels,
-                images=recs,
-                inputs=_flag_inputs(dists, feats, tensors),
-                normal_distances=[d for d, lab in zip(dists, labels) if lab == 0],
-            )
+            normal = [i for i, lab in enumerate(labels) if lab == 0]
+            cal_set = _Scored(dists, cal_feats, tensors, det.scores_from_distances(dists))
+            cal_normal = cal_set.pick(normal)
+        # The flags' normal reference: the normal calibration images, else the support
+        # images as scored leave-one-out.
+        ref_set = cal_normal if cal_set is not None and normal else loo_set
+        self.calibrate(
+            np.zeros(0) if cal_set is None else cal_set.scores,
+            labels,
+            images=recs,
+            reference=ref_set.references(self.trust_options.benign_envelope),
+            leave_one_out_scores=loo_scores,
+            normal_distances=(cal_normal.distances if cal_set is not None else []) + loo,
+        )
         return self
 
     # -- predicting -------------------------------------------------------------------
@@ -368,6 +389,35 @@ class FittedDetector:
         model.map_range_ = None if s["map_range"] is None else tuple(s["map_range"])
         model.format_version_ = s["format_version"]
         return model
+
+
+class _Scored(NamedTuple):
+    """Preprocessed images with their features, patch distances and scores."""
+
+    distances: list[Tensor]
+    features: list[Tensor]
+    images: list[Tensor]
+    scores: np.ndarray
+
+    def pick(self, index: Sequence[int]) -> _Scored:
+        return _Scored(
+            [self.distances[i] for i in index],
+            [self.features[i] for i in index],
+            [self.images[i] for i in index],
+            self.scores[list(index)],
+        )
+
+    def references(self, envelope: bool) -> list[FlagReference]:
+        """Flag references, one per group of equally-sized images."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (d, x) in enumerate(zip(self.distances, self.images)):
+            groups.setdefault((tuple(d.shape), tuple(x.shape)), []).append(i)
+        out = []
+        for index in groups.values():
+            part = self.pick(index)
+            inputs = _flag_inputs(part.distances, part.features, part.images)
+            out.append(flag_reference(inputs, part.scores, envelope))
+        return out
 
 
 def _flag_inputs(

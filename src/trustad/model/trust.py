@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 
 from ..calibration import (
@@ -27,6 +28,7 @@ from ..calibration import (
     entropy,
     fit_calibrator_safely,
 )
+from ..corruptions import benign_variants
 from ..flags import (
     DEFAULT_FALSE_FLAG_RATE,
     DEFAULT_FLAG,
@@ -40,6 +42,9 @@ from .state import calibrator_from_state, calibrator_state
 
 DEFAULT_CALIBRATOR = "platt"
 DEFAULT_CONFORMAL_ALPHA = 0.1
+# What the engine was fitted on: normal and anomalous calibration images, and support images
+# scored leave-one-out.
+COUNTS = ("n_normal", "n_anomalous", "n_leave_one_out")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,13 @@ class TrustOptions:
     flag: str | None = DEFAULT_FLAG
     other_flags: tuple[str, ...] = ()
     false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
+    # Pool the support images' leave-one-out scores with the normal calibration scores for
+    # the conformal threshold (PROTOCOL: decisions from good images alone).
+    leave_one_out: bool = True
+    # Set the thresholds of flags that read the pixels alone over benign variants of the
+    # normal images too (``trustad.corruptions.BENIGN_ENVELOPE``): ordinary camera noise,
+    # JPEG, blur, lighting and shifts stay unflagged.
+    benign_envelope: bool = True
 
     def __post_init__(self) -> None:
         if self.conformal_alpha is not None:
@@ -72,6 +84,29 @@ class TrustOptions:
         """Every flag fitted, the prediction's first."""
         first = () if self.flag is None else (self.flag,)
         return tuple(dict.fromkeys((*first, *self.other_flags)))
+
+
+@dataclass
+class FlagReference:
+    """Normal images a flag's threshold is set on: their flag inputs, raw scores (for the
+    entropy flag's probabilities) and the inputs of their benign variants (pixels only)."""
+
+    inputs: FlagInputs
+    scores: np.ndarray
+    variants: list[FlagInputs] = field(default_factory=list)
+
+
+def flag_reference(
+    inputs: FlagInputs, scores: ArrayLike, envelope: bool = True, seed: int = 0
+) -> FlagReference:
+    """The reference of equally-sized normal images; with ``envelope``, each benign
+    variant of ``BENIGN_ENVELOPE`` as a batch of its own (images only: the flags that use
+    them read nothing else)."""
+    variants = []
+    if envelope and inputs.images is not None:
+        for _, images in benign_variants(inputs.images, seed):
+            variants.append(FlagInputs(torch.zeros(len(images), 1, 1), images=images))
+    return FlagReference(inputs, np.asarray(scores, dtype=np.float64).ravel(), variants)
 
 
 @dataclass
@@ -110,7 +145,7 @@ class TrustEngine:
         self.calibrators_: dict[str, Calibrator] = {}
         self.conformal_: ConformalThreshold | None = None
         self.flags_: dict[str, BaseFlag] = {}
-        self.counts_ = {"n_normal": 0, "n_anomalous": 0}
+        self.counts_ = dict.fromkeys(COUNTS, 0)
         self.notes_: list[str] = []
 
     # -- fitting ----------------------------------------------------------------------
@@ -119,19 +154,26 @@ class TrustEngine:
         detector: Any,
         scores: ArrayLike,
         labels: ArrayLike | None = None,
-        inputs: FlagInputs | None = None,
+        reference: Sequence[FlagReference] = (),
+        leave_one_out_scores: ArrayLike | None = None,
     ) -> TrustEngine:
-        """Fit on calibration images: raw ``scores``, ``labels`` (0 normal, 1 anomalous;
-        None: all normal) and their flag ``inputs`` (the fitted ``detector``'s distances,
-        features and images; None: no flag). Calibrators need both classes (with fewer, a
-        fallback to the raw score keeps study metrics defined and the prediction has no
-        probability); the conformal threshold the normal scores."""
+        """Fit on calibration images' raw ``scores`` and ``labels`` (0 normal, 1 anomalous;
+        None: all normal), the support images' ``leave_one_out_scores`` (each scored
+        against a bank without it) and the flags' ``reference``: normal images as the fitted
+        ``detector`` sees them (see :func:`flag_reference`).
+
+        Calibrators need both classes (with fewer, a fallback to the raw score keeps study
+        metrics defined and the prediction has no probability). The conformal threshold is
+        set on the normal calibration scores, pooled with the leave-one-out scores
+        (``leave_one_out``). Each flag's threshold is set on the reference images, and, for
+        flags that read the pixels alone, on their benign variants too."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         y = np.zeros(s.size) if labels is None else np.asarray(labels, dtype=np.float64).ravel()
         if y.size != s.size:
             raise ValueError(f"{y.size} calibration labels for {s.size} scores")
         o = self.options
         normal = s[y == 0]
+        loo = np.asarray([] if leave_one_out_scores is None else leave_one_out_scores, float)
         n_anomalous = int((y == 1).sum())
         self.counts_ = {"n_normal": int(normal.size), "n_anomalous": n_anomalous}
         self.notes_ = []
@@ -149,24 +191,37 @@ class TrustEngine:
                 f"no probability: {o.calibrator} could not be fitted on {normal.size} normal "
                 f"and {n_anomalous} anomalous calibration images"
             )
+        pooled = np.concatenate([normal, loo.ravel()]) if o.leave_one_out else normal
         self.conformal_ = None
-        if o.conformal_alpha is not None and normal.size:
+        self.counts_["n_leave_one_out"] = int(loo.size) if o.leave_one_out else 0
+        if o.conformal_alpha is not None and pooled.size:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                self.conformal_ = ConformalThreshold(o.conformal_alpha).fit(normal)
+                self.conformal_ = ConformalThreshold(o.conformal_alpha).fit(pooled)
             self.notes_ += [f"conformal: {w.message}" for w in caught]
         self.flags_ = {}
-        if inputs is not None:
-            inputs = self._with_probabilities(inputs, s)
-            for name in o.flags:
-                flag = make_flag(name)
-                missing = [k for k in flag.needs if getattr(inputs, k) is None]
-                if missing:
-                    what = "a calibrated probability" if name == "entropy" else ", ".join(missing)
-                    self.notes_.append(f"no {name} flag: it needs {what}")
-                    continue
-                self.flags_[name] = flag.calibrate(detector, inputs, o.false_flag_rate)
+        if reference:
+            self._fit_flags(detector, reference)
+        elif o.flags:
+            self.notes_.append("no flag: no normal image to set its threshold on")
         return self
+
+    def _fit_flags(self, detector: Any, reference: Sequence[FlagReference]) -> None:
+        o = self.options
+        parts = [self._with_probabilities(r.inputs, r.scores) for r in reference]
+        variants = [v for r in reference for v in r.variants] if o.benign_envelope else []
+        for name in o.flags:
+            flag = make_flag(name)
+            missing = [k for k in flag.needs if getattr(parts[0], k) is None]
+            if missing:
+                what = "a calibrated probability" if name == "entropy" else ", ".join(missing)
+                self.notes_.append(f"no {name} flag: it needs {what}")
+                continue
+            flag.prepare(detector, parts[0])
+            values = [flag.statistic(p) for p in parts]
+            if flag.image_only:
+                values += [flag.statistic(v) for v in variants]
+            self.flags_[name] = flag.fit(np.concatenate(values), o.false_flag_rate)
 
     @property
     def calibrator_(self) -> Calibrator | None:
@@ -280,7 +335,7 @@ class TrustEngine:
     ) -> TrustEngine:
         """The engine a model file recorded (:meth:`state`), for ``detector``."""
         out = cls(options)
-        out.counts_ = {k: int(counts[k]) for k in ("n_normal", "n_anomalous")}
+        out.counts_ = {k: int(counts.get(k, 0)) for k in COUNTS}
         out.notes_ = list(notes)
         if state["calibrator"] is not None:
             out.calibrators_ = {options.calibrator: calibrator_from_state(state["calibrator"])}
