@@ -132,7 +132,7 @@ def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_registry_and_protocol() -> None:
-    assert list(CALIBRATORS) == ["uncal", "platt", "temperature", "isotonic", "beta"]
+    assert list(CALIBRATORS) == ["uncal", "platt", "temperature", "isotonic", "beta", "bayes"]
     for name in CALIBRATORS:
         cal = make_calibrator(name)
         assert isinstance(cal, Calibrator) and cal.name == name

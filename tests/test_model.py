@@ -177,7 +177,7 @@ def test_settings_record_provenance(tiny_vit, images, tmp_path):
         "name": good.name,
         "sha256": hashlib.sha256(good.read_bytes()).hexdigest(),
     }
-    assert s["calibrator"]["name"] == "platt" and "a_" in s["calibrator"]["params"]
+    assert s["calibrator"]["name"] == "bayes" and "a_" in s["calibrator"]["params"]
     assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "noise_level"
     assert s["calibration"]["n_normal"] == 4 and s["calibration"]["n_anomalous"] == 3
 

@@ -10,6 +10,7 @@
 - :mod:`.inputs`: the input checks they share.
 """
 
+from .bayes import BayesPlattCalibrator
 from .calibrators import (
     CALIBRATORS,
     BetaCalibrator,
@@ -32,6 +33,7 @@ __all__ = [
     "TemperatureCalibrator",
     "IsotonicCalibrator",
     "BetaCalibrator",
+    "BayesPlattCalibrator",
     "CALIBRATORS",
     "DEFAULT_CALIBRATION_FRACTION",
     "make_calibrator",

@@ -80,9 +80,17 @@ def score_rows(
                 for name, value in fields.prediction_fields(i).items()
                 if name in PREDICTION_COLUMNS
             },
+            **_interval_columns(fields, i),
         )
         for i, image_id in enumerate(image_ids)
     ]
+
+
+def _interval_columns(fields: Assessment, i: int) -> dict[str, Any]:
+    interval = fields.probability_interval
+    if interval is None:
+        return {"probability_low": "", "probability_high": ""}
+    return {"probability_low": float(interval[i, 0]), "probability_high": float(interval[i, 1])}
 
 
 def _csv_value(value: Any) -> Any:

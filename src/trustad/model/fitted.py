@@ -44,7 +44,7 @@ from .trust import (
 )
 
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
-SAVABLE_CALIBRATORS = ("platt", "temperature", "beta")
+SAVABLE_CALIBRATORS = ("bayes", "platt", "temperature", "beta")
 BANK = "memory_bank"
 CONFORMAL_SCORES = "conformal.calibration_scores"
 
@@ -55,7 +55,8 @@ class FittedDetector:
 
     ``calibrator``: a name from ``SAVABLE_CALIBRATORS`` or None; ``conformal_alpha``: the
     guaranteed false-alarm rate of the conformal threshold, or None for none; ``flag``: a
-    name from ``trustad.flags.FLAGS`` or None, with ``flag_options`` (``false_flag_rate``).
+    name from ``trustad.flags.FLAGS`` or None, with ``flag_options`` (``false_flag_rate``);
+    ``leave_one_out`` and ``benign_envelope``: see ``TrustOptions``.
     ``detector_options`` are AnomalyDINO's (resolution, rotate, mask_test, mask_support,
     mask_morphology, knn, batch_size, bf16). ``trust``: the engine's options in full (the
     study's several calibrators and flags), instead of the four above.
@@ -70,6 +71,8 @@ class FittedDetector:
         conformal_alpha: float | None = DEFAULT_CONFORMAL_ALPHA,
         flag: str | None = DEFAULT_FLAG,
         flag_options: dict[str, Any] | None = None,
+        leave_one_out: bool = True,
+        benign_envelope: bool = True,
         trust: TrustOptions | None = None,
         **detector_options: Any,
     ) -> None:
@@ -323,6 +326,8 @@ class FittedDetector:
                 "conformal_alpha": o.conformal_alpha,
                 "flag": o.flag,
                 "flag_options": {"false_flag_rate": o.false_flag_rate},
+                "leave_one_out": o.leave_one_out,
+                "benign_envelope": o.benign_envelope,
             },
             "map_range": None if self.map_range_ is None else list(self.map_range_),
         }

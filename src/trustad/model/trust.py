@@ -40,7 +40,8 @@ from ..flags import (
 )
 from .state import calibrator_from_state, calibrator_state
 
-DEFAULT_CALIBRATOR = "platt"
+# Bayesian Platt: no step function on a handful of images, and a credible interval.
+DEFAULT_CALIBRATOR = "bayes"
 DEFAULT_CONFORMAL_ALPHA = 0.1
 # What the engine was fitted on: normal and anomalous calibration images, and support images
 # scored leave-one-out.
@@ -117,6 +118,7 @@ class Assessment:
     score: np.ndarray
     probabilities: dict[str, np.ndarray]  # every fitted calibrator's, fallbacks included
     probability: np.ndarray | None  # the prediction's (None when its calibrator fell back)
+    probability_interval: np.ndarray | None  # (n, 2) credible interval, where it has one
     p_value: np.ndarray | None
     decision: np.ndarray | None
     entropy: np.ndarray | None
@@ -130,6 +132,8 @@ class Assessment:
         names = ("score", "probability", "p_value", "decision", "entropy", "flag")
         out = {n: _item(getattr(self, n), i) for n in names}
         out["gated_probability"] = _item(self.gated_probability, i)
+        interval = self.probability_interval
+        out["probability_interval"] = None if interval is None else interval[i].tolist()
         return out
 
 
@@ -291,6 +295,9 @@ class TrustEngine:
             score=s,
             probabilities=probabilities,
             probability=p,
+            probability_interval=None
+            if p is None or not hasattr(self.calibrator_, "predict_interval")
+            else self.calibrator_.predict_interval(s),
             p_value=None if conf is None else conf.p_values(s),
             decision=decision,
             entropy=None if p is None else entropy(p),
