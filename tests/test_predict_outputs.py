@@ -87,7 +87,8 @@ def test_masks_need_a_pixel_threshold(tmp_path, monkeypatch, capsys):
     weights = register_tiny_backbone(monkeypatch, tmp_path)
     images = make_part_folders(tmp_path / "data")
     out = tmp_path / "m.safetensors"
-    args = ["fit", "--normal", str(images["good"][0].parent), "--out", str(out)]
+    # one support image and no calibration: no normal image to set the threshold on
+    args = ["fit", "--normal", str(images["good"][0]), "--out", str(out)]
     args += ["--resolution", str(RES), "--backbone", TINY_NAME, "--weights", str(weights)]
     assert main(args) == 0
     capsys.readouterr()
@@ -96,10 +97,14 @@ def test_masks_need_a_pixel_threshold(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "masks").exists()
 
 
-def test_the_pixel_threshold_is_set_on_normal_calibration_images_and_saved(model_file):
+def test_the_pixel_threshold_is_set_on_normal_images_and_saved(model_file):
     model = FittedDetector.load(model_file[0], weights=model_file[1])
-    cal = sorted((model_file[0].parent / "data" / "cal" / "good").glob("*.png"))
-    tensors, _ = model.detector.runtime.preprocess(cal)
-    dists = model.detector.distances_from_features(model.detector.features(tensors))
+    det = model.detector
+    data = model_file[0].parent / "data"
+    tensors, _ = det.runtime.preprocess(sorted((data / "cal" / "good").glob("*.png")))
+    dists = det.distances_from_features(det.features(tensors))
+    # and the support images, each against a bank without it
+    support = [det.features(det.support_views(p)) for p in sorted((data / "train").glob("*.png"))]
+    dists += det.leave_one_out_distances(support)
     assert model.pixel_threshold_ == pixel_threshold(dists, DEFAULT_FALSE_PIXEL_RATE)
     assert model.describe()["pixel_threshold"] == model.pixel_threshold_

@@ -47,17 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="write binary masks of the anomalous region (8-bit PNG at the image's size, "
-        "255 anomalous) as DIR/<path>_mask.png; needs a model fitted with normal "
-        "calibration images (its pixel threshold)",
+        "255 anomalous) as DIR/<path>_mask.png; needs a model fitted on two or more "
+        "normal images or with normal calibration images (its pixel threshold)",
     )
     p.add_argument(
         "--map-scale",
         choices=MAP_SCALES,
         default=DEFAULT_MAP_SCALE,
         help="colour scale of the overlays: 'normal' runs from the median to the largest "
-        "patch distance of the model's normal calibration images, the same for every image "
-        "(red means beyond anything normal; each image's own range when the model has no "
-        "normal images); 'image' runs from each image's own minimum to its maximum "
+        "patch distance of the model's normal images (normal calibration images and the "
+        "support images scored leave-one-out), the same for every image (red means beyond "
+        "anything normal; each image's own range when the model has none); 'image' runs from each image's own minimum to its maximum "
         "(default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=8)
@@ -209,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
     folders = {kind: Path(d) for kind, d in (("map", args.maps), ("mask", args.masks)) if d}
     if "mask" in folders and model.pixel_threshold_ is None:
         raise ValueError(
-            f"{args.model} has no pixel threshold for masks: fit it with normal calibration "
-            "images (--calibration)"
+            f"{args.model} has no pixel threshold for masks: fit it on two or more --normal "
+            "images, or with normal calibration images (--calibration)"
         )
     # Named from all the inputs, so that a resumed run puts its files where the first did.
     outputs = output_paths(paths, folders)

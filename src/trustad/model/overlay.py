@@ -4,9 +4,9 @@ An overlay is the image with its anomaly map blended on top, the outline of the 
 region (the map above the model's pixel threshold, ``trustad.maps.pixel_threshold``) in
 white, and a legend below it: the score, the decision, and the colour bar with its scale.
 The colour scale is the normal range (``FittedDetector.map_range_``: from the median to the
-largest patch distance of the normal calibration images, so that colour means "beyond
-normal") or each image's own minimum and maximum (which always shows where the map is
-highest, even on a normal image).
+largest patch distance of the normal images, so that colour means "beyond normal") or each
+image's own minimum and maximum (which always shows where the map is highest, even on a
+normal image).
 """
 
 from __future__ import annotations
