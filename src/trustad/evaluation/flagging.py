@@ -1,9 +1,8 @@
-"""Flag inputs of a category's image sets, and the flag columns of a unit.
+"""Flag inputs of a category's image sets, and the flag columns of a result.
 
-The flags themselves live in each (category, shots, seed)'s trust engine
-(``trustad.model.TrustEngine``), fitted on the clean calibration images; here the
-inputs they read are built so that the values of image-only flags (the noise level) are
-computed once per image set, and the measured flags' columns are read off the fields the
+The flags live in each (category, shots, seed)'s trust engine (``evaluation.trust``). The
+inputs they read are built here so that the values of image-only flags (the noise level)
+are computed once per image set; the measured flags' columns are read off the fields the
 engine gave the clean and the current test images.
 """
 
@@ -61,3 +60,10 @@ def flag_columns(
     clean_values = {n: clean.flag_values[n][idx] for n in flags}
     current_values = {n: current.flag_values[n][idx] for n in flags}
     return columns_from_values(flags, clean_values, current_values)
+
+
+def flag_rate_columns(fields: Assessment, split: Split) -> dict[str, float]:
+    """``flag_rate_<name>``: the share of evaluation images each fitted flag fires on (on
+    clean and benign conditions, its false-flag rate)."""
+    idx = split.evaluation
+    return {f"flag_rate_{n}": float(v[idx].mean()) for n, v in fields.flagged.items() if len(idx)}
