@@ -70,11 +70,14 @@ def test_colliding_names_are_refused_before_anything_is_written(model_file, tmp_
     assert not maps.exists()
 
 
-def test_outputs_may_not_overwrite_input_images(tmp_path):
+def test_outputs_stay_apart_from_the_inputs(tmp_path):
     folder = tmp_path / "parts"
     images = [make_image(folder / "a.png", 1), make_image(folder / "a.png_map.png", 2)]
-    with pytest.raises(ValueError, match="would overwrite the input image"):
+    # a.png's map would overwrite an input, and a.png_map.png would be read as an image
+    with pytest.raises(ValueError, match="lies in the --maps folder"):
         output_paths(images, {"map": folder})
+    with pytest.raises(ValueError, match="lies in the --masks folder"):
+        output_paths(images, {"map": tmp_path / "maps", "mask": tmp_path})
     (tmp_path / "maps" / "a.png_map.png").mkdir(parents=True)
     with pytest.raises(ValueError, match="which is a folder"):
         output_paths(images[:1], {"map": tmp_path / "maps"})

@@ -95,8 +95,9 @@ def output_paths(images: list[Path], folders: dict[str, Path]) -> dict[str, dict
     kept and ``_<kind>.png`` added (``sub/ok.png`` -> ``sub/ok.png_map.png``), so that
     ``ok.png`` and ``ok.bmp`` stay apart. Checked before anything is written: a ValueError
     names the images whose outputs would share a name (compared as a file system that
-    ignores case would), an output that would overwrite an input image, and an output
-    name taken by a folder."""
+    ignores case would), an input inside an output folder (an output could
+    overwrite it, and a later run would read the outputs as images), and an output name
+    taken by a folder."""
     resolved = {p: p.resolve() for p in images if p.exists()}
     if not resolved or not folders:
         return {kind: {} for kind in folders}
@@ -108,16 +109,17 @@ def output_paths(images: list[Path], folders: dict[str, Path]) -> dict[str, dict
         }
         for kind, folder in folders.items()
     }
-    inputs = {str(r).casefold(): img for img, r in resolved.items()}
+    for kind, folder in folders.items():
+        inside = [img for img, r in resolved.items() if r.is_relative_to(folder.resolve())]
+        if inside:
+            raise ValueError(
+                f"{inside[0]} lies in the --{kind}s folder {folder}: earlier outputs would be "
+                "read as images; give a folder apart from the images"
+            )
     taken: dict[str, Path] = {}
     for kind, dests in out.items():
         for img, dest in dests.items():
             key = str(dest.resolve()).casefold()
-            if key in inputs:
-                raise ValueError(
-                    f"the {kind} of {img} would overwrite the input image {inputs[key]} "
-                    f"({dest}): choose a --{kind}s folder apart from the images"
-                )
             if key in taken:
                 raise ValueError(
                     f"{img} and {taken[key]} would both write {dest}: give them distinct "
