@@ -44,8 +44,9 @@ def normalise(amap: np.ndarray, value_range: tuple[float, float] | None) -> np.n
     images, see ``FittedDetector.map_range_``), else by the map's own minimum and maximum."""
     lo, hi = scale_of(amap, value_range)
     if not hi > lo:
-        return np.zeros_like(amap, dtype=np.float64)
-    return np.clip((amap.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+        return np.zeros_like(amap, dtype=np.float32)
+    # float32: a camera-sized map stays a few bytes per pixel.
+    return np.clip((amap.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
 def scale_of(amap: np.ndarray, value_range: tuple[float, float] | None) -> tuple[float, float]:
@@ -80,13 +81,18 @@ def heatmap(
 ) -> np.ndarray:
     """The image (H, W, 3) uint8 with its map blended on top, and where ``threshold`` is
     given the outline of the region above it."""
-    rgb = np.asarray(load_rgb8(image), dtype=np.float64) / 255.0
+    rgb = np.asarray(load_rgb8(image), dtype=np.float32) / 255.0
     if rgb.shape[:2] != amap.shape:
         raise ValueError(f"map shape {amap.shape} differs from the image's {rgb.shape[:2]}")
     v = normalise(amap, value_range)
-    heat = colormaps[COLORMAP](v)[..., :3]
+    heat = colormaps[COLORMAP](v, bytes=True)[..., :3].astype(np.float32) / 255.0
     alpha = (ALPHA_MIN + ALPHA_SPAN * v)[..., None]
-    out = np.round((rgb * (1 - alpha) + heat * alpha) * 255).astype(np.uint8)
+    # rgb * (1 - alpha) + heat * alpha, in place: no full-size temporaries.
+    heat -= rgb
+    heat *= alpha
+    heat += rgb
+    heat *= 255
+    out = np.round(heat, out=heat).astype(np.uint8)
     if threshold is not None:
         out[outline(anomaly_mask(amap, threshold), max(1, min(amap.shape) // 150))] = WHITE
     return out
