@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ..backbone.preprocess import load_rgb8
 from ..model import FittedDetector, json_safe, overlay_png
-from .inputs import collect_images
+from .inputs import add_verify_key, collect_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -111,7 +112,7 @@ def predict_paths(
         good, rgbs = [], []
         for i, path in enumerate(chunk):
             try:
-                rgbs.append(load_rgb8(path))
+                rgbs.append(load_rgb8(path, model.detector.resolution))
                 good.append(i)
             except (ValueError, OSError) as exc:
                 found[i] = {"path": str(path), "error": str(exc)}
@@ -137,10 +138,16 @@ def predict_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=args.device, batch_size=args.batch_size
-    )
     paths = collect_images(args.paths, missing_ok=True)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.paths)}")
+    model = FittedDetector.load(
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        verify_key=args.verify_key,
+    )
     out = Path(args.out) if args.out else None
     done = resume(out) if out else set()
     todo = [p for p in paths if _key(p) not in done]

@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
             continue
         if kind is bool and hints[f.name] is bool:  # on by default: offer --no-NAME
             flag = "--no-" + flag[2:]
+            kwargs["help"] = f"turn off (on by default): {help_text}"
             group.add_argument(flag, action="store_false", **kwargs)
             continue
         if kind is bool:  # bool | None: None keeps the category table's default

@@ -35,14 +35,13 @@ from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FLAG, gate_probabilities
 from .file import ModelFileError, read_model_file, write_model_file
 from .flags import flag_from_state, image_statistics, make_flag
+from .schema import BANK, CONFORMAL_SCORES
 from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
 
 DEFAULT_CALIBRATOR = "platt"
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
 SAVABLE_CALIBRATORS = ("platt", "temperature", "beta")
 DEFAULT_CONFORMAL_ALPHA = 0.1
-BANK = "memory_bank"
-CONFORMAL_SCORES = "conformal.calibration_scores"
 
 
 class FittedDetector:
@@ -354,12 +353,12 @@ class FittedDetector:
         """:meth:`settings` in strict JSON (infinite thresholds as strings)."""
         return json_safe(self.settings())
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model file (see ``trustad.model.file``)."""
+    def save(self, path: str | os.PathLike, sign_key: bytes | None = None) -> Path:
+        """Write the model file (see ``trustad.model.file``), signed with ``sign_key``."""
         tensors = {BANK: self.detector.memory_bank_}
         if self.conformal_ is not None:
             tensors[CONFORMAL_SCORES] = torch.from_numpy(self.conformal_.calibration_scores_)
-        return write_model_file(path, tensors, self.settings())
+        return write_model_file(path, tensors, self.settings(), sign_key)
 
     @classmethod
     def load(
@@ -370,11 +369,13 @@ class FittedDetector:
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
+        verify_key: bytes | None = None,
     ) -> FittedDetector:
         """A model file back in memory. Without ``backbone`` the recorded backbone is
         loaded (``weights``: an explicit file); either way its weights must have the
-        recorded sha256, else :class:`ModelFileError`."""
-        tensors, s = read_model_file(path)
+        recorded sha256, else :class:`ModelFileError`. With ``verify_key`` the file must
+        carry a signature made with that key."""
+        tensors, s = read_model_file(path, verify_key)
         bb = s["backbone"]
         recorded = bb["weights"]
         if backbone is None:
