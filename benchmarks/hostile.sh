@@ -24,7 +24,7 @@ measure() {  # name, command...
   echo "| $LABEL | $name | $rc | $wall | $rss | $msg |"
 }
 export -f trustad
-PARTS=" ${PARTS:-cli serve} "  # which parts to run
+PARTS=" ${PARTS:-cli largest serve} "  # which parts to run
 if [[ $PARTS == *" cli "* ]]; then
 for strip in 3000x1 19000x1 20000x26 20000x100; do
   measure "predict $strip" bash -c "trustad predict model.safetensors strip_$strip.png --quiet"
@@ -34,12 +34,12 @@ for strip in 3000x1 20000x26; do
   rm -rf "evout_${LABEL}_$strip"
   measure "evaluate $strip" bash -c "trustad evaluate --dataset folder --root ev_$strip --categories cat --shots 1 --seeds 1 --attack none --flags none --out evout_${LABEL}_$strip --quiet"
 done
-if [ "$LABEL" = after ]; then  # the largest images the default limits let through at 448
+fi
+if [[ $LABEL == after && $PARTS == *" largest "* ]]; then
+  # the largest images the default limits let through at 448
   for big in 10000x10000 4480x448; do
     measure "predict largest $big" bash -c "trustad predict model.safetensors largest_$big.png --quiet"
   done
-fi
-
 fi
 
 [[ $PARTS == *" serve "* ]] || exit 0
@@ -52,7 +52,7 @@ limit=()
   "exec env PYTHONPATH='$SRC' '$PY' -c 'import sys; from trustad.cli import main; sys.exit(main())' serve model224.safetensors --port $PORT ${limit[*]}" \
   >"out_${LABEL}_serve.txt" 2>&1 &
 server=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.3; done
+for _ in $(seq 400); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.3; done
 for f in strip_3000x1 strip_19000x1 strip_20000x26 strip_20000x100 test/ok; do
   rm -f "resp_${LABEL}.json"
   answer=$(curl -s -m 30 -o "resp_${LABEL}.json" -w '%{http_code} %{time_total}' -F "file=@$f.png" \

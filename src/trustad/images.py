@@ -143,7 +143,7 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         img = Image.fromarray(array_to_uint8(arr))
     if img.mode == "P":
         img = img.convert("RGBA")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of a large RGB image
 
 
 # ---------------------------------------------------------------- reading
@@ -334,8 +334,6 @@ def read_rgb8(
 ) -> Image.Image:
     """``read_image`` converted to 8-bit RGB by ``to_rgb8``."""
     img = read_image(source, max_pixels=max_pixels, max_side=max_side, resolution=resolution)
-    if img.mode == "RGB":
-        return img  # already what to_rgb8 gives: spare a copy of the largest images
     try:
         return to_rgb8(img)
     except Exception as exc:  # noqa: BLE001  e.g. a mode Pillow cannot convert
