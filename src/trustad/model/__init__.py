@@ -6,7 +6,7 @@
 """
 
 from ..flags import DEFAULT_FLAG
-from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_model_file
+from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_key, read_model_file
 from .fitted import (
     DEFAULT_CALIBRATOR,
     DEFAULT_CONFORMAL_ALPHA,
@@ -34,5 +34,6 @@ __all__ = [
     "make_flag",
     "overlay",
     "overlay_png",
+    "read_key",
     "read_model_file",
 ]
