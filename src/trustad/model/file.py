@@ -27,6 +27,7 @@ import hmac
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,8 @@ def partial_path(path: Path) -> Path:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Refuse, before any work, a model path that could not be written: an existing
-    folder, a folder that cannot be created, or one without write permission."""
+    folder, or a folder that cannot be created or written in. A file is created and
+    removed there: the only check that holds for root too (read-only mounts stop it)."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a folder; give the model file's name")
@@ -138,10 +140,13 @@ def check_writable(path: str | os.PathLike) -> Path:
         folder = folder.parent  # the first existing ancestor: the folders below it get made
     if not folder.is_dir():
         raise NotADirectoryError(f"--out {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {path}: no permission to write in {folder}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"--out {path}: the existing file is read-only")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PermissionError(
+            f"--out {path}: cannot write in {folder} ({exc.strerror or exc})"
+        ) from None
     return path
 
 
