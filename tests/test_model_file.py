@@ -164,3 +164,17 @@ def test_a_failed_write_leaves_no_partial_file(saved, tmp_path):
         model.save(target)
     assert not (tmp_path / "m.safetensors.partial").exists()
     assert SIGNATURE not in safe_open(str(plain), framework="pt").metadata()
+
+
+def test_a_header_length_that_starts_like_a_pickle_is_still_safetensors(saved, tmp_path):
+    """The file starts with its header length, little-endian: a length whose low byte is
+    0x80 (a pickle's first byte) must not be taken for a pickle."""
+    plain, _ = saved
+    dest = tmp_path / "m.safetensors"
+    for pad in range(256):
+        reforge(plain, dest, _set("created", "x" * pad))
+        if dest.read_bytes()[:1] == b"\x80":
+            break
+    assert dest.read_bytes()[:1] == b"\x80"
+    tensors, settings = read_model_file(dest)
+    assert settings["created"].startswith("x")

@@ -18,7 +18,7 @@ from model_helpers import RES, ServerThread, make_image, make_part_folders, requ
 from PIL import Image
 
 from trustad.deadline import TimeLimitExceeded, check_time, time_limit
-from trustad.model import FittedDetector
+from trustad.model import DEFAULT_CALIBRATOR, FittedDetector
 
 httpx = require("httpx")
 require("fastapi")
@@ -60,7 +60,8 @@ def test_health_model_and_docs(served):
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     info = httpx.get(f"{url}/model").json()
     assert info["preprocessing"]["resolution"] == RES
-    assert info["calibrator"]["name"] == "platt" and info["decision_rule"] == "conformal"
+    assert info["calibrator"]["name"] == DEFAULT_CALIBRATOR
+    assert info["decision_rule"] == "conformal"
     assert info["limits"] == {
         "max_upload_bytes": MAX_UPLOAD,
         "max_pixels": MAX_PIXELS,

@@ -157,19 +157,20 @@ def _sniff(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) < 9:
+        raise ModelFileError(f"{path} is not a trustad model: only {size} bytes long")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len <= min(MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{":
+        return  # the layout of safetensors (whose length can start with any byte)
     kind = ""
     if head[:1] == b"\x80":
         kind = " (it starts like a Python pickle)"
     elif head[:2] == b"PK":
         kind = " (it is a zip archive, e.g. a torch.save checkpoint)"
-    if len(head) < 9:
-        raise ModelFileError(f"{path} is not a trustad model: only {size} bytes long")
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if kind or header_len > min(MAX_HEADER_BYTES, size - 8) or head[8:9] != b"{":
-        raise ModelFileError(
-            f"{path} is not a safetensors file{kind}; trustad model files are safetensors "
-            "and are never unpickled"
-        )
+    raise ModelFileError(
+        f"{path} is not a safetensors file{kind}; trustad model files are safetensors "
+        "and are never unpickled"
+    )
 
 
 def read_model_file(

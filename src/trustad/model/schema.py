@@ -69,7 +69,15 @@ OPTIONAL = {"notes", "images", "origin", "format_version"}
 PROBABILITY = Number(0.0, 1.0)
 THRESHOLD = Number(finite=False)
 CALIBRATOR = {"name": str, "options": dict, "params": dict}
-REQUESTED_KEYS = ("calibrator", "calibrator_options", "conformal_alpha", "flag", "flag_options")
+REQUESTED_KEYS = (
+    "calibrator",
+    "calibrator_options",
+    "conformal_alpha",
+    "flag",
+    "flag_options",
+    "leave_one_out",
+    "benign_envelope",
+)
 
 SETTINGS = {
     "trustad_version": str,
