@@ -45,7 +45,9 @@ def test_fit_refuses_an_unwritable_out_before_fitting(setup, capsys):
     assert fit(weights, tmp / "plain_file" / "m.safetensors", normal) == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "fitting on" not in err
-    assert not list(tmp.rglob("*.partial"))
+    (tmp / "m.safetensors.partial").mkdir()
+    assert fit(weights, tmp / "m.safetensors", normal) == 2
+    assert "where the file is written first, is a folder" in capsys.readouterr().err
 
 
 def test_fit_names_every_bad_normal_file_at_once(setup, capsys):
@@ -92,6 +94,8 @@ def test_predict_refuses_a_thin_strip_and_an_empty_folder(setup, capsys):
     capsys.readouterr()
     assert main([*predict, str(tmp / "empty")]) == 2
     assert "no images found in" in capsys.readouterr().err
+    assert main([*predict, str(strip), "--out", str(tmp / "empty")]) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_a_mistyped_evaluate_root_does_not_block_the_corrected_command(setup, capsys):

@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_images(args.paths, missing_ok=True)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
+    if args.out and Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give the JSON-lines file's name")
     model = FittedDetector.load(
         args.model,
         weights=args.weights,

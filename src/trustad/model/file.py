@@ -135,6 +135,10 @@ def check_writable(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a folder; give the model file's name")
+    if partial_path(path).is_dir():
+        raise IsADirectoryError(
+            f"--out {path}: {partial_path(path)}, where the file is written first, is a folder"
+        )
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # the first existing ancestor: the folders below it get made
