@@ -2,18 +2,17 @@
 
 Every format Pillow can decode is accepted (a GIF, APNG or multi-page TIFF gives its first
 frame); EXIF orientation is applied, so pixels come out the way a viewer shows them; the
-size declared in the header is checked before any pixel is decoded, against ``MAX_PIXELS``
+size declared in the header is checked before any pixel is decoded: against ``MAX_PIXELS``
 and ``MAX_SIDE``, and, given the model's ``resolution``, against ``MAX_ASPECT_RATIO`` and
-``MAX_RESIZED_PIXELS`` once resized (a thin strip is tiny on disk but grows to
-hundreds of millions of pixels when its smaller edge is resized to the resolution); and
-every failure (missing, empty, truncated, corrupt, not an image, too
-large, unsupported mode, out of memory) is raised as ``ImageReadError`` naming the file and
-the reason.
+``MAX_RESIZED_PIXELS`` once resized (a thin strip is tiny on disk but grows to hundreds of
+millions of pixels when its smaller edge is resized to the resolution); and every failure
+(missing, empty, truncated, corrupt, not an image, too large, unsupported mode, out of
+memory) is raised as ``ImageReadError`` naming the file and the reason.
 
 The limits are module-level defaults (``trustad.images.MAX_PIXELS = ...``); the pixel and
-side limits are also arguments of every reader. Pillow's own bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``)
-still refuses images over twice its value (about 179 million pixels): raise it as well to
-read larger ones.
+side limits are also arguments of every reader. Pillow's own bomb guard
+(``PIL.Image.MAX_IMAGE_PIXELS``) still refuses images over twice its value (about 179
+million pixels): raise it as well to read larger ones.
 """
 
 from __future__ import annotations
