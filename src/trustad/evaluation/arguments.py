@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
             default = f.default_factory()
         kind, many = base_type(hints[f.name])
         flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
-        help_text = meta["help"]
+        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
         if f.default is MISSING and f.default_factory is MISSING:
             kwargs["required"] = True
