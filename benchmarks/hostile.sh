@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Hostile inputs through the command line, each under /usr/bin/time -v: exit status, last
-# message line, wall time, peak RSS. Usage: benchmarks/hostile.sh PYTHON SRC WORKDIR LABEL
-# (WORKDIR holds model.safetensors, strip_*.png, test/ok.png and evroot/ as written by
-# benchmarks/hostile_inputs.py). A run is stopped after LIMIT seconds (default 30) or when
+# Hostile inputs through the command line and the service, each under /usr/bin/time -v:
+# exit status (or HTTP status), last message line, wall time, peak RSS; one Markdown table
+# row each. Usage: [PARTS="cli largest refusals serve timelimit"] benchmarks/hostile.sh
+# PYTHON SRC WORKDIR before|after, SRC the trustad source folder put on PYTHONPATH
+# (WORKDIR as benchmarks/hostile_inputs.py's docstring prepares it). A run is stopped after LIMIT seconds (default 30) or when
 # it asks for more than CAP_GB of address space (default 4; uncapped, the 3000x1 strip
 # once took 23.5 GB before the kernel killed it, on a shared machine).
 set -u
