@@ -63,16 +63,15 @@ def pools(args, tmp: Path) -> list[tuple[str, str, list[torch.Tensor], list[torc
     out = []
     n_normal, n_defect = max(args.shots) + max(args.n_cal) // 2 + args.test, args.test
     if "synthetic" in args.data:
-        root = make_synthetic_dataset(
-            tmp / "syn", ("brick", "grass"), n_normal, 1, n_defect, 256, args.seed
-        )
-        for name in ("brick", "grass"):
+        names = ("brick", "grass")[: args.categories]
+        root = make_synthetic_dataset(tmp / "syn", names, n_normal, 1, n_defect, 256, args.seed)
+        for name in names:
             data = load_category("mvtec", str(root), name)
             normal = [preprocess(p, args.resolution) for p in data.train]
             defect = [preprocess(s.path, args.resolution) for s in data.test if s.label == 1]
             out.append(("synthetic", name, normal, defect))
     if "photos" in args.data:
-        for name in PHOTO_CATEGORIES[:2]:
+        for name in PHOTO_CATEGORIES[: args.categories]:
             c = make_photo_category(name, n_normal, 0, n_defect, 256, args.seed)
             normal = [preprocess(x, args.resolution) for x in c.train]
             defect = [preprocess(x, args.resolution) for x in c.test]
@@ -200,6 +199,7 @@ def main() -> None:
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--n-cal", type=int, nargs="+", default=[0, 4, 8, 16])
     p.add_argument("--draws", type=int, default=20)
+    p.add_argument("--categories", type=int, default=1, help="categories of each data kind")
     p.add_argument("--test", type=int, default=16, help="held-out images of each class")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
