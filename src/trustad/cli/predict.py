@@ -19,7 +19,7 @@ from ..model import (
     mask_png,
     prediction_overlay_png,
 )
-from .inputs import collect_images
+from .inputs import add_verify_key, collect_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -172,7 +173,7 @@ def predict_paths(
         good, rgbs = [], []
         for i, path in enumerate(chunk):
             try:
-                rgbs.append(load_rgb8(path))
+                rgbs.append(load_rgb8(path, model.detector.resolution))
                 good.append(i)
             except (ValueError, OSError) as exc:
                 found[i] = {"path": str(path), "error": str(exc)}
@@ -201,21 +202,29 @@ def predict_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=args.device, batch_size=args.batch_size
-    )
     paths = collect_images(args.paths, missing_ok=True)
-    out = Path(args.out) if args.out else None
-    done = resume(out) if out else set()
-    todo = [p for p in paths if _key(p) not in done]
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.paths)}")
+    if args.out and Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give the JSON-lines file's name")
     folders = {kind: Path(d) for kind, d in (("map", args.maps), ("mask", args.masks)) if d}
+    # Named from all the inputs, so that a resumed run puts its files where the first did.
+    outputs = output_paths(paths, folders)
+    model = FittedDetector.load(
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        verify_key=args.verify_key,
+    )
     if "mask" in folders and model.pixel_threshold_ is None:
         raise ValueError(
             f"{args.model} has no pixel threshold for masks: fit it on two or more --normal "
             "images, or with normal calibration images (--calibration)"
         )
-    # Named from all the inputs, so that a resumed run puts its files where the first did.
-    outputs = output_paths(paths, folders)
+    out = Path(args.out) if args.out else None
+    done = resume(out) if out else set()
+    todo = [p for p in paths if _key(p) not in done]
     progress = Progress(len(todo), not args.quiet)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
