@@ -32,6 +32,7 @@ from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
+from ..engines.base import Engine, TorchEngine
 from ..flags import DEFAULT_FLAG, gate_probabilities
 from .file import ModelFileError, read_model_file, write_model_file
 from .flags import flag_from_state, image_statistics, make_flag
@@ -73,6 +74,8 @@ class FittedDetector:
         if conformal_alpha is not None:
             ConformalThreshold(conformal_alpha)  # checks the range
         self.detector = AnomalyDINO(backbone, **detector_options)
+        # Images -> distance grids; an exported graph's runner may replace it (engines/).
+        self.engine: Engine = TorchEngine(self.detector)
         self.calibrator = calibrator
         self.calibrator_options = dict(calibrator_options or {})
         self.conformal_alpha = conformal_alpha
@@ -286,7 +289,13 @@ class FittedDetector:
         (width, height) of the images, for their maps; ``images``, the preprocessed images,
         are needed by the flags on image statistics."""
         dists = self.detector.distances_from_features(features)
-        stats = None if images is None or self.flag_ is None else self._statistics(dists, images)
+        return self.predict_from_distances(dists, sizes, maps, images or ())
+
+    def predict_from_distances(
+        self, dists: Sequence[Tensor], sizes: Sequence, maps: bool = True, images: Sequence = ()
+    ) -> list[Prediction]:
+        """:meth:`predict_from_features` from the patch-distance grids (h, w)."""
+        stats = None if not images or self.flag_ is None else self._statistics(dists, images)
         fields = self.assess(self.detector.scores_from_distances(dists), stats)
         out = []
         for i, (d, size) in enumerate(zip(dists, sizes)):
@@ -302,8 +311,7 @@ class FittedDetector:
         step = self.detector.runtime.batch_size
         for start in range(0, len(images), step):
             tensors, sizes = self.detector.runtime.preprocess(images[start : start + step])
-            feats = self.detector.features(tensors)
-            out += self.predict_from_features(feats, sizes, maps, tensors)
+            out += self.predict_from_distances(self.engine.distances(tensors), sizes, maps, tensors)
         return out
 
     # -- saving -----------------------------------------------------------------------
@@ -395,6 +403,14 @@ class FittedDetector:
                 f"{path}: memory bank features have {bank.shape[1]} dimensions, the backbone "
                 f"gives {backbone.embed_dim}"
             )
+        return cls.from_contents(backbone, tensors, s, batch_size)
+
+    @classmethod
+    def from_contents(
+        cls, backbone: torch.nn.Module, tensors: Mapping, s: Mapping, batch_size: int = 8
+    ) -> FittedDetector:
+        """The model of a file's ``tensors`` and settings ``s``, on a checked backbone."""
+        bank = tensors[BANK]
         cal, conf, flag = s["calibrator"], s["conformal"], s["flag"]
         model = cls(backbone, **s["preprocessing"], batch_size=batch_size, **s["requested"])
         model.detector.memory_bank_ = bank.to(model.detector.device)

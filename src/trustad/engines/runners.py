@@ -1,0 +1,216 @@
+"""Run an exported detector graph (``trustad.engines.export``) with onnxruntime or
+OpenVINO, and load the file back as a ``FittedDetector`` that scores through it.
+
+An ``.onnx`` file runs on either runtime, an OpenVINO ``.xml`` on OpenVINO. Both run in
+float32 unless ``precision="bf16"`` is asked for (OpenVINO only: it would otherwise pick
+bfloat16 by itself on CPUs that have it, and the scores would move).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..backbone.runtime import batches
+from ..backbone.weights import WeightsSource
+from ..detector import AnomalyDINO
+from ..model import FittedDetector, ModelFileError
+from ..model.fitted import BANK, CONFORMAL_SCORES
+from .base import ENGINES
+from .export import EXPORT_FORMATS, FORMAT, FORMAT_VERSION, METADATA_KEYS, openvino_module
+from .graph import INPUT
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def read_metadata(path: Path) -> tuple[dict[str, str], Tensor]:
+    """(text metadata, memory bank) of an exported file, checked to be one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        found = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == BANK]
+    elif path.suffix == ".xml":
+        model = openvino_module().Core().read_model(str(path))
+        meta = {
+            key: model.get_rt_info(["trustad", key]).astype(str)
+            for key in METADATA_KEYS
+            if model.has_rt_info(["trustad", key])
+        }
+        found = [
+            op.get_data()
+            for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_friendly_name() == BANK
+        ]
+    else:
+        raise ModelFileError(
+            f"{path}: an exported model is an .onnx or OpenVINO .xml file, not {path.suffix!r}"
+        )
+    if meta.get("format") != FORMAT or not found:
+        raise ModelFileError(f"{path} is not a model exported by `trustad export`")
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: exported by a newer trustad; upgrade trustad to load it")
+    return meta, torch.from_numpy(np.array(found[0], dtype=np.float32))
+
+
+class OnnxRuntimeRunner:
+    """An ``.onnx`` graph in an onnxruntime session (CPU)."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, precision: str = "fp32") -> None:
+        if precision != "fp32":
+            raise ValueError("the onnx engine runs in fp32 only; bf16 needs --engine openvino")
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RuntimeError("onnxruntime is not installed: pip install 'trustad[onnx]'") from exc
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {INPUT: images})
+
+
+class OpenVinoRunner:
+    """An ``.onnx`` or ``.xml`` graph compiled by OpenVINO for the CPU, at ``precision``."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, precision: str = "fp32") -> None:
+        ov = openvino_module()
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        self.compiled = ov.Core().compile_model(
+            str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint}
+        )
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        result = self.compiled(images)
+        return [result[out] for out in self.compiled.outputs]
+
+
+RUNNERS = {"onnx": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
+
+
+class GraphBackbone(nn.Module):
+    """The graph's backbone part as a torch backbone (``patch_features``): for the flags
+    that take features of transformed images. No parameters: it runs on the CPU."""
+
+    def __init__(self, runner: Any, embed_dim: int, source: WeightsSource | None) -> None:
+        super().__init__()
+        self.runner = runner
+        self.embed_dim = embed_dim
+        self.weights_source = source
+
+    def patch_features(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(self.runner.run(x.detach().float().cpu().numpy())[0])
+
+
+class GraphEngine:
+    """Distance grids from the graph's outputs, background-masked outside the graph for
+    ``mask_test`` models (the mask is the detector's, from the graph's features)."""
+
+    def __init__(self, runner: Any, detector: AnomalyDINO, shape: Sequence[int]) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.detector = detector
+        self.shape = tuple(shape)
+
+    def distances(self, images: Sequence[Tensor]) -> list[Tensor]:
+        out: list[Tensor] = []
+        for _, batch in batches(images, self.detector.runtime.batch_size):
+            if tuple(batch.shape[1:]) != self.shape:
+                raise ValueError(
+                    f"this exported model takes preprocessed images of shape {self.shape} "
+                    f"(channels, height, width), got {tuple(batch.shape[1:])}: the graph's "
+                    "size is fixed at export (trustad export --image-size WIDTHxHEIGHT)"
+                )
+            features, dists, _ = self.runner.run(batch.float().numpy())
+            dists = list(torch.from_numpy(dists))
+            masks = self.detector.foreground(list(torch.from_numpy(features)))
+            out += dists if masks is None else [d * m for d, m in zip(dists, masks)]
+        return out
+
+
+def default_engine(path: Path) -> str:
+    """The fastest installed engine that keeps fp32 parity and reads ``path``."""
+    if path.suffix == ".xml":
+        return "openvino"
+    try:
+        openvino_module()
+        return "openvino"
+    except RuntimeError:
+        return "onnx"
+
+
+def load_exported(
+    path: str | os.PathLike,
+    engine: str | None = None,
+    *,
+    batch_size: int = 8,
+    precision: str = "fp32",
+) -> FittedDetector:
+    """An exported file back as a ``FittedDetector`` scoring through ``engine`` (onnx or
+    openvino; default: ``default_engine``)."""
+    path = Path(path)
+    meta, bank = read_metadata(path)
+    engine = engine or default_engine(path)
+    if engine not in RUNNERS:
+        raise ValueError(
+            f"{path} is an exported graph: run it with --engine onnx or openvino, not {engine!r}"
+            + (" (the torch engine needs the .safetensors model file)" if engine == "torch" else "")
+        )
+    if engine == "onnx" and path.suffix != ".onnx":
+        raise ValueError(f"{path}: onnxruntime runs .onnx files; use --engine openvino")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    runner = RUNNERS[engine](path, precision)
+    settings = json.loads(meta["settings"])
+    recorded = settings["backbone"]["weights"]
+    source = None
+    if recorded is not None:
+        name = settings["backbone"]["name"]
+        source = WeightsSource(
+            name, path, recorded["origin"], recorded["label"], recorded["sha256"]
+        )
+    backbone = GraphBackbone(runner, int(bank.shape[1]), source)
+    scores = json.loads(meta["conformal_scores"])
+    tensors = {BANK: bank}
+    if scores is not None:
+        tensors[CONFORMAL_SCORES] = torch.tensor(scores, dtype=torch.float64)
+    model = FittedDetector.from_contents(backbone, tensors, settings, batch_size)
+    shape = json.loads(meta["graph"])["input"]["shape"][1:]
+    model.engine = GraphEngine(runner, model.detector, shape)
+    return model
+
+
+def load_model(
+    path: str | os.PathLike,
+    engine: str | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> FittedDetector:
+    """A model file (torch engine) or an exported graph (its engines), by the extension."""
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if Path(path).suffix in EXPORT_FORMATS.values():
+        return load_exported(path, engine, batch_size=batch_size)
+    if engine not in (None, "torch"):
+        raise ValueError(
+            f"{path} is a model file, run by the torch engine; for --engine {engine}, export it "
+            f"first: trustad export {path} --format "
+            f"{'openvino' if engine == 'openvino' else 'onnx'} --out FILE"
+        )
+    return FittedDetector.load(path, weights=weights, device=device, batch_size=batch_size)
