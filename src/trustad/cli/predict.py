@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..backbone.preprocess import load_rgb8
+from ..engines.runners import load_model
 from ..model import FittedDetector, json_safe, overlay_png
+from .export import add_engine_option
 from .inputs import collect_images
 
 
@@ -24,13 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "status 1 when any "
         "image failed. Rerunning with the same --out skips images already written.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--out", default=None, help="JSON-lines file (default: standard output)")
     p.add_argument("--maps", default=None, metavar="DIR", help="write heatmap overlay PNGs")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    add_engine_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -117,9 +122,9 @@ def predict_paths(
                 found[i] = {"path": str(path), "error": str(exc)}
         if good:
             tensors, _ = model.detector.runtime.preprocess(rgbs)
-            feats = model.detector.features(tensors)
+            dists = model.engine.distances(tensors)
             sizes = [r.size for r in rgbs]
-            preds = model.predict_from_features(feats, sizes, maps is not None, tensors)
+            preds = model.predict_from_distances(dists, sizes, maps is not None, tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
                 if maps is not None:
@@ -137,8 +142,12 @@ def predict_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=args.device, batch_size=args.batch_size
+    model = load_model(
+        args.model,
+        args.engine,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
     )
     paths = collect_images(args.paths, missing_ok=True)
     out = Path(args.out) if args.out else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .export import add_engine_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,11 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "/health, GET /model, GET /docs, and a web page at /. Requests are served one at a "
         "time by the model.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    add_engine_option(p)
     p.add_argument("--max-upload-mb", type=float, default=None, help="default 20")
     p.add_argument("--max-pixels", type=int, default=None, help="default 40 million")
     p.set_defaults(func=run)
@@ -34,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
             f"trustad serve needs the serve extra ({exc.name} is missing): "
             "pip install 'trustad[serve]'"
         ) from exc
-    from ..model import FittedDetector
+    from ..engines.runners import load_model
 
-    model = FittedDetector.load(args.model, weights=args.weights, device=args.device)
+    model = load_model(args.model, args.engine, weights=args.weights, device=args.device)
     upload = (
         DEFAULT_MAX_UPLOAD_BYTES if args.max_upload_mb is None else int(args.max_upload_mb * 2**20)
     )

@@ -8,9 +8,10 @@ Metadata (ONNX ``metadata_props``; OpenVINO ``rt_info`` under ``trustad``), all 
   threshold, flag parameters, provenance);
 - ``conformal_scores``: JSON list of the conformal threshold's calibration scores (its
   p-values need them), or ``null``;
-- ``graph``: JSON: the input name and shape, the output names, and where the background
-  mask of ``mask_test`` models is applied (outside the graph: it needs an SVD and binary
-  morphology per image, which the engines run on the graph's features).
+- ``graph``: JSON: the input name and shape, the output names, where the background mask
+  of ``mask_test`` models is applied (outside the graph: it needs an SVD and binary
+  morphology per image, which the engines run on the graph's features) and the precision
+  the engines run at by default.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +33,21 @@ FORMAT = "trustad-exported"
 FORMAT_VERSION = 1
 EXPORT_FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 ONNX_OPSET = 17
+# bf16: OpenVINO's bfloat16 inference, where the CPU has it natively (opt-in: scores move).
+PRECISIONS = ("fp32", "bf16")
 METADATA_KEYS = ("format", "format_version", "settings", "conformal_scores", "graph")
 
 
-def graph_metadata(model: FittedDetector, size: tuple[int, int]) -> dict[str, str]:
+def graph_metadata(
+    model: FittedDetector, size: tuple[int, int], precision: str = "fp32"
+) -> dict[str, str]:
     """The text metadata an exported file carries (see the module docstring)."""
     conformal = model.conformal_
     graph = {
         "input": {"name": INPUT, "shape": ["batch", 3, *size], "range": [0.0, 1.0]},
         "outputs": list(OUTPUTS),
         "mask_test": "outside the graph" if model.detector.mask_test else None,
+        "precision": precision,
     }
     return {
         "format": FORMAT,
@@ -60,9 +67,14 @@ def export_model(
     out: str | os.PathLike,
     fmt: str = "onnx",
     image_size: tuple[int, int] | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Write ``model`` as ``fmt`` (``EXPORT_FORMATS``) to ``out``; the input size is that of
-    images of ``image_size`` (width, height) after preprocessing (square by default)."""
+    images of ``image_size`` (width, height) after preprocessing (square by default).
+    ``precision`` is the one the engines run it at by default (``PRECISIONS``; the weights
+    stay float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
     out = Path(out)
@@ -70,7 +82,7 @@ def export_model(
         raise ValueError(f"{out}: a {fmt} export is written to a {EXPORT_FORMATS[fmt]} file")
     size = input_size(model.detector.resolution, image_size)
     graph = DetectorGraph(model.backbone, model.detector.memory_bank_, size, model.detector.knn)
-    metadata = graph_metadata(model, size)
+    metadata = graph_metadata(model, size, precision)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         write_onnx(graph, out, metadata)
@@ -86,7 +98,9 @@ def write_onnx(graph: DetectorGraph, path: Path, metadata: dict[str, str]) -> Pa
 
     example = torch.rand(2, 3, *graph.size)
     tmp = path.with_name(path.name + ".partial")
-    with torch.no_grad():
+    # The tracer warns about the backbone's shape checks: constants at a fixed size.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             graph.eval(),
             (example,),

@@ -24,10 +24,15 @@ from ..detector import AnomalyDINO
 from ..model import FittedDetector, ModelFileError
 from ..model.fitted import BANK, CONFORMAL_SCORES
 from .base import ENGINES
-from .export import EXPORT_FORMATS, FORMAT, FORMAT_VERSION, METADATA_KEYS, openvino_module
+from .export import (
+    EXPORT_FORMATS,
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA_KEYS,
+    PRECISIONS,
+    openvino_module,
+)
 from .graph import INPUT
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def read_metadata(path: Path) -> tuple[dict[str, str], Tensor]:
@@ -158,13 +163,15 @@ def load_exported(
     engine: str | None = None,
     *,
     batch_size: int = 8,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> FittedDetector:
     """An exported file back as a ``FittedDetector`` scoring through ``engine`` (onnx or
-    openvino; default: ``default_engine``)."""
+    openvino; default: ``default_engine``) at ``precision`` (default: the recorded one)."""
     path = Path(path)
     meta, bank = read_metadata(path)
-    engine = engine or default_engine(path)
+    graph = json.loads(meta["graph"])
+    precision = precision or graph.get("precision", "fp32")
+    engine = engine or ("openvino" if precision != "fp32" else default_engine(path))
     if engine not in RUNNERS:
         raise ValueError(
             f"{path} is an exported graph: run it with --engine onnx or openvino, not {engine!r}"
@@ -189,8 +196,7 @@ def load_exported(
     if scores is not None:
         tensors[CONFORMAL_SCORES] = torch.tensor(scores, dtype=torch.float64)
     model = FittedDetector.from_contents(backbone, tensors, settings, batch_size)
-    shape = json.loads(meta["graph"])["input"]["shape"][1:]
-    model.engine = GraphEngine(runner, model.detector, shape)
+    model.engine = GraphEngine(runner, model.detector, graph["input"]["shape"][1:])
     return model
 
 
