@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data.defects import CATEGORY_DEFECTS, TEXTURES, add_defect, clean_image
-from ..model import FittedDetector
+from ..model import FittedDetector, Prediction
 
 # The limits an fp32 engine must keep (issue: scores within 1e-5, maps within 1e-4).
 SCORE_TOLERANCE = 1e-5
@@ -46,8 +46,11 @@ def parity(
 ) -> dict[str, float]:
     """The largest absolute change of the image score and of the anomaly map from
     ``reference`` to ``other`` over ``images``."""
-    ref = reference.predict(list(images))
-    got = other.predict(list(images))
+    return changes(reference.predict(list(images)), other.predict(list(images)))
+
+
+def changes(ref: Sequence[Prediction], got: Sequence[Prediction]) -> dict[str, float]:
+    """``parity`` of predictions made already (with maps)."""
     return {
         "images": len(ref),
         "score": max(abs(a.score - b.score) for a, b in zip(ref, got)),
