@@ -201,3 +201,15 @@ def test_serve_runs_an_exported_file(exported):
     assert body["score"] == pytest.approx(want.score, abs=1e-5)
     assert (body["decision"], body["flag"]) == (want.decision, want.flag)
     assert info["conformal"] == model.describe()["conformal"]
+
+
+def test_stability_flag_runs_through_the_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    folders = make_part_folders(tmp_path / "data")
+    model = fitted(folders, flag="stability")
+    export_model(model, tmp_path / "m.onnx")
+    other = load_exported(tmp_path / "m.onnx", "onnx")
+    want = model.predict(folders["test"], maps=False)
+    got = other.predict(folders["test"], maps=False)
+    assert [p.flag for p in got] == [p.flag for p in want]
+    assert all(p.flag is not None for p in got)
