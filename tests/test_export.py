@@ -116,7 +116,7 @@ def test_engines_refuse_files_they_cannot_run(exported, tmp_path):
     with pytest.raises(ValueError, match="export it first: trustad export"):
         load_model(tmp_path / "m.safetensors", "onnx")
     (tmp_path / "other.onnx").write_bytes((tmp / "m.onnx").read_bytes()[:100])
-    with pytest.raises(Exception):  # noqa: B017 (onnx's own parse error)
+    with pytest.raises(ModelFileError, match="other.onnx is not a readable ONNX file"):
         load_model(tmp_path / "other.onnx")
     plain = tmp_path / "plain.onnx"
     import onnx
@@ -161,6 +161,9 @@ def test_cli_export_then_predict_and_bf16(tmp_path, monkeypatch, capsys):
         "openvino, bf16)\nchange from torch fp32 over 12 image(s): score" in capsys.readouterr().out
     )
     assert load_exported(tmp_path / "b.xml").engine.name == "openvino"
+    assert main(["export", str(model_file), "--format", "onnx", "--image-size", "128x64",
+                 "--out", str(tmp_path / "w.onnx"), "--weights", str(weights)]) == 0  # fmt: skip
+    assert "input (3, 56, 112)" in capsys.readouterr().out
 
 
 def readme_example() -> str:

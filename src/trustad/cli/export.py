@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -80,18 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_images(model, args: argparse.Namespace) -> list[np.ndarray]:
-    from ..engines.graph import input_size
+def check_images(model: Any, args: argparse.Namespace) -> list[np.ndarray]:
+    """The --check images, else synthetic parts and photograph crops at the graph's size."""
     from ..engines.parity import photo_images, synthetic_images
 
     if args.check:
         return [np.asarray(load_rgb8(p)) for p in collect_images(args.check)]
-    width, height = args.image_size or (model.detector.resolution,) * 2
-    synthetic = [
-        np.asarray(load_rgb8(img).resize((width, height))) for img in synthetic_images(256)
-    ]
-    side = input_size(model.detector.resolution, (width, height))
-    return synthetic + photo_images((min(side[0], 512), min(side[1], 512)))
+    size = args.image_size or (model.detector.resolution,) * 2
+    crops = photo_images((min(size[1], 512), min(size[0], 512)))
+    return [np.asarray(load_rgb8(img).resize(size)) for img in synthetic_images(256) + crops]
 
 
 def run(args: argparse.Namespace) -> int:

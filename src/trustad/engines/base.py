@@ -15,9 +15,8 @@ from torch import Tensor
 
 from ..detector import AnomalyDINO
 
-# The engines a user can name, in the order the fastest-first default tries them for an
-# exported graph (benchmarks/results/engines.md).
-ENGINES = ("torch", "openvino", "onnx")
+# The engines a user can name (``--engine``).
+ENGINES = ("torch", "onnx", "openvino")
 
 
 class Engine(Protocol):

@@ -43,7 +43,10 @@ def read_metadata(path: Path) -> tuple[dict[str, str], Tensor]:
         import onnx
         from onnx import numpy_helper
 
-        proto = onnx.load(str(path))
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:  # protobuf's own parse errors, of several types
+            raise ModelFileError(f"{path} is not a readable ONNX file: {exc}") from exc
         meta = {p.key: p.value for p in proto.metadata_props}
         found = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == BANK]
     elif path.suffix == ".xml":
