@@ -91,9 +91,7 @@ def measure(size: int, repeats: int, batches: list[int]) -> list[dict]:
             row = {"size": size, "engine": name}
             for batch in batches:
                 engined.detector.runtime.batch_size = batch
-                p50, p95 = timings(
-                    lambda b=batch, m=engined: m.engine.distances(inputs[:b]), repeats
-                )
+                p50, p95 = timings(lambda b=batch, m=engined: m.engine.run(inputs[:b]), repeats)
                 row[batch] = (p50, p95, batch / p50)
                 print(
                     f"{size} px {name} batch {batch}: p50 {p50:.3f} s p95 {p95:.3f} s", flush=True

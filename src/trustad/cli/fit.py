@@ -40,10 +40,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shots", type=int, default=None, help="support images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="which block of --shots images")
-    p.add_argument("--conformal-alpha", type=float, default=DEFAULT_CONFORMAL_ALPHA)
-    p.add_argument("--calibrator", choices=(*SAVABLE_CALIBRATORS, NONE), default=DEFAULT_CALIBRATOR)
-    p.add_argument("--flag", choices=(*FLAGS, NONE), default=DEFAULT_FLAG)
-    p.add_argument("--false-flag-rate", type=float, default=DEFAULT_FALSE_FLAG_RATE)
+    p.add_argument(
+        "--conformal-alpha",
+        type=float,
+        default=DEFAULT_CONFORMAL_ALPHA,
+        help="guaranteed false-alarm rate of the decision threshold (default: %(default)s). "
+        "Exact split-conformal on separate normal calibration images; pooled with the "
+        "support images scored leave-one-out it holds up to a bias towards fewer alarms "
+        "(each is scored against a bank one image smaller)",
+    )
+    p.add_argument(
+        "--calibrator",
+        choices=(*SAVABLE_CALIBRATORS, NONE),
+        default=DEFAULT_CALIBRATOR,
+        help="probability from the score (default: %(default)s, Bayesian Platt scaling with a "
+        "weakly informative prior and a credible interval; platt: the paper's unregularised "
+        "fit, a step function on small separable sets); needs good and defect calibration "
+        "images",
+    )
+    p.add_argument("--platt-c", type=float, default=None, help="L2 regularisation of platt")
+    p.add_argument("--platt-smooth", action="store_true", help="platt on Platt's smoothed targets")
+    p.add_argument(
+        "--flag",
+        choices=(*FLAGS, NONE),
+        default=DEFAULT_FLAG,
+        help="'do not trust this answer' flag (default: %(default)s)",
+    )
+    p.add_argument(
+        "--false-flag-rate",
+        type=float,
+        default=DEFAULT_FALSE_FLAG_RATE,
+        help="share of normal images (and their benign variants) the flag may fire on "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--leave-one-out",
+        type=on_off,
+        default=True,
+        metavar="on|off",
+        help="score each support image against a bank without it, for p-values and a "
+        "threshold from good images alone (default: on)",
+    )
+    p.add_argument(
+        "--benign-envelope",
+        type=on_off,
+        default=True,
+        metavar="on|off",
+        help="set pixel-only flag thresholds over benign variants of the normal images too: "
+        "camera noise up to 3 grey levels, JPEG >= 50, blur <= 1 px, lighting +-10 %%, "
+        "shifts <= 2 px (default: on)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     p.add_argument("--rotate", type=on_off, default=defaults.rotate, metavar="on|off")
@@ -86,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
         knn=args.knn,
         batch_size=args.batch_size,
         calibrator=None if args.calibrator == NONE else args.calibrator,
+        calibrator_options={"c": args.platt_c, "smooth_targets": args.platt_smooth}
+        if args.calibrator == "platt"
+        else None,
+        leave_one_out=args.leave_one_out,
+        benign_envelope=args.benign_envelope,
         conformal_alpha=args.conformal_alpha,
         flag=None if args.flag == NONE else args.flag,
         flag_options={"false_flag_rate": args.false_flag_rate},

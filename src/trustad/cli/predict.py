@@ -122,9 +122,9 @@ def predict_paths(
                 found[i] = {"path": str(path), "error": str(exc)}
         if good:
             tensors, _ = model.detector.runtime.preprocess(rgbs)
-            dists = model.engine.distances(tensors)
+            feats, dists = model.engine.run(tensors)
             sizes = [r.size for r in rgbs]
-            preds = model.predict_from_distances(dists, sizes, maps is not None, tensors)
+            preds = model.predict_from_distances(feats, dists, sizes, maps is not None, tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
                 if maps is not None:

@@ -1,9 +1,10 @@
-"""The engine seam: what turns preprocessed images into patch-distance grids.
+"""The inference-engine seam: what turns preprocessed images into patch features and
+patch-distance grids.
 
 ``FittedDetector`` scores through ``model.engine``: the torch detector by default
 (``TorchEngine``), or an exported graph run by onnxruntime or OpenVINO
-(``trustad.engines.runners``). Everything after the distances (image scores, maps,
-calibration, thresholds, flags) is the same code whichever engine ran.
+(``trustad.engines.runners``). Everything after the distances (image scores, maps, the
+trust engine's calibration, thresholds and flags) is the same code whichever engine ran.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from ..detector import AnomalyDINO
 ENGINES = ("torch", "onnx", "openvino")
 
 
-class Engine(Protocol):
-    """Maps preprocessed images (3, H, W) in [0, 1] to masked patch-distance grids (h, w)."""
+class InferenceEngine(Protocol):
+    """Maps preprocessed images (3, H, W) in [0, 1] to their patch features (h, w, D) and
+    masked patch-distance grids (h, w), on the CPU."""
 
     name: str
 
-    def distances(self, images: Sequence[Tensor]) -> list[Tensor]: ...
+    def run(self, images: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]: ...
 
 
 class TorchEngine:
@@ -35,5 +37,6 @@ class TorchEngine:
     def __init__(self, detector: AnomalyDINO) -> None:
         self.detector = detector
 
-    def distances(self, images: Sequence[Tensor]) -> list[Tensor]:
-        return self.detector.distances_from_features(self.detector.features(images))
+    def run(self, images: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        features = self.detector.features(images)
+        return features, self.detector.distances_from_features(features)

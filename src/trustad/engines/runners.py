@@ -125,8 +125,8 @@ class GraphBackbone(nn.Module):
 
 
 class GraphEngine:
-    """Distance grids from the graph's outputs, background-masked outside the graph for
-    ``mask_test`` models (the mask is the detector's, from the graph's features)."""
+    """Features and distance grids from the graph's outputs, background-masked outside the
+    graph for ``mask_test`` models (the mask is the detector's, from those features)."""
 
     def __init__(self, runner: Any, detector: AnomalyDINO, shape: Sequence[int]) -> None:
         self.runner = runner
@@ -134,8 +134,9 @@ class GraphEngine:
         self.detector = detector
         self.shape = tuple(shape)
 
-    def distances(self, images: Sequence[Tensor]) -> list[Tensor]:
-        out: list[Tensor] = []
+    def run(self, images: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        features: list[Tensor] = []
+        distances: list[Tensor] = []
         for _, batch in batches(images, self.detector.runtime.batch_size):
             if tuple(batch.shape[1:]) != self.shape:
                 raise ValueError(
@@ -143,11 +144,12 @@ class GraphEngine:
                     f"(channels, height, width), got {tuple(batch.shape[1:])}: the graph's "
                     "size is fixed at export (trustad export --image-size WIDTHxHEIGHT)"
                 )
-            features, dists, _ = self.runner.run(batch.float().numpy())
-            dists = list(torch.from_numpy(dists))
-            masks = self.detector.foreground(list(torch.from_numpy(features)))
-            out += dists if masks is None else [d * m for d, m in zip(dists, masks)]
-        return out
+            feats, dists, _ = self.runner.run(batch.float().numpy())
+            feats, dists = list(torch.from_numpy(feats)), list(torch.from_numpy(dists))
+            masks = self.detector.foreground(feats)
+            features += feats
+            distances += dists if masks is None else [d * m for d, m in zip(dists, masks)]
+        return features, distances
 
 
 def default_engine(path: Path) -> str:

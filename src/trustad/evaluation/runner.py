@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import astuple
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import BackboneRuntime, batches
-from ..calibration import CALIBRATORS
+from ..corruptions import parse_corruption
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -31,21 +31,19 @@ from ..detector import AnomalyDINO
 from ..flags import flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
-from ..model import FittedDetector
+from ..model import Assessment, FittedDetector, TrustEngine
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
-from .flagging import UnitFlags
-from .plan import Group, make_plan, pending_groups, rotates_support
+from .flagging import FlagInputCache, ScoredSet, flag_columns, flag_rate_columns
+from .plan import ConditionGroup, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
-    CalibrationOptions,
+    ResultKey,
     Split,
-    Unit,
     calibration_split,
-    clean_calibration,
     gated_columns,
     perturbation_columns,
     pixel_columns,
@@ -54,13 +52,20 @@ from .rows import (
     share_seconds,
     timing_columns,
 )
-from .settings import CLEAN, EvaluationSettings
+from .settings import CLEAN, EvaluationSettings, is_corruption
 from .store import TIMING_COLUMNS, ResultStore
 from .support import readable_support, support_features
-from .units import WorkUnit, run_units
+from .trust import assess, fit_trust
+from .units import WorkItem, run_work_items
 
-# What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
-Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
+
+class Scored(NamedTuple):
+    """What a result is scored on: the test images' features, their foreground masks, and
+    the attacked inputs (None: the clean images)."""
+
+    features: list[Tensor]
+    foreground: list[Tensor] | None
+    attacked: list[Tensor] | None
 
 
 class Evaluation:
@@ -94,32 +99,27 @@ class Evaluation:
         self.failures: dict[str, str] = {}
         self.skipped: list[str] = []  # files and units left out, with the reason
         self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
-        self.computed = 0  # units computed by this run
+        self.computed = 0  # result rows computed by this run
         self.already_done = 0  # units found done in the output folder
-        self.calibration_options = CalibrationOptions(
-            {name: settings.calibrator_options(name) for name in CALIBRATORS},
-            settings.flag_rate,
-            settings.conformal_alpha,
-        )
 
     @property
     def backbone_images(self) -> int:
         """Images passed through the backbone without gradient so far."""
         return self.runtime.images_seen
 
-    def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
+    def run(self, units: Sequence[WorkItem] | None = None) -> list[dict[str, Any]]:
         """Run the (category, seed) units of the settings (of their shard), or ``units``."""
         s = self.s
-        units = units or run_units(s, list_categories(s.dataset, s.root, s.categories))
+        units = units or run_work_items(s, list_categories(s.dataset, s.root, s.categories))
         self.selected, categories = set(units), list(dict.fromkeys(c for c, _ in units))
         t0 = time.time()
         plan = make_plan(s, self._is_done)
         self.already_done = sum(c.done for c in plan.categories)
         self.log(
-            f"{len(plan.pending)} units to do, {self.already_done} already done; "
+            f"{len(plan.pending)} results to do, {self.already_done} already done; "
             f"{plan.forward} backbone passes and {plan.gradient} gradient passes planned"
         )
-        with self.log.bar("units", len(plan.pending), "unit") as self.units_bar:
+        with self.log.bar("results", len(plan.pending), "row") as self.results_bar:
             for category in categories:
                 # A broken category (unreadable image, bad mask) must not cost the others.
                 try:
@@ -133,12 +133,12 @@ class Evaluation:
         )
         return self.store.rows
 
-    def _is_done(self, unit: Unit) -> bool:
+    def _is_done(self, unit: ResultKey) -> bool:
         # Units outside the selection (another shard's) count as done: nothing plans them.
         return (unit.category, unit.seed) not in self.selected or self.store.done(*astuple(unit))
 
     # -- planning -----------------------------------------------------------------------
-    def _pending(self, data: CategoryData) -> list[Group]:
+    def _pending(self, data: CategoryData) -> list[ConditionGroup]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
         groups, skipped = pending_groups(self.s, data, self._is_done)
@@ -158,7 +158,7 @@ class Evaluation:
         with self.clock("features"):
             st = load_state(data, self.runtime, self.log, self._skip)
             st.model = self._model(category)
-            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate, self.s.gate())
+            st.flag_inputs = FlagInputCache()
             det = st.model.detector
             pending = readable_support(st, det, self.runtime, self.log, self._skip, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -170,13 +170,15 @@ class Evaluation:
         for seed, cond, eps, shots in pending:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
-                per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
+                per_shot = {k: Scored(st.clean_features, st.clean_foreground, None) for k in shots}
+            elif is_corruption(cond):
+                per_shot = self._corrupted(st, det, cond, seed, shots)
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
             group = share_seconds(self.clock.take(), len(shots))
             results, scores = [], []
             for k in shots:
-                unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                unit = ResultKey(self.s.dataset, category, k, seed, cond, eps)
                 t0 = time.perf_counter()
                 row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
                 own = self.clock.take()
@@ -194,12 +196,12 @@ class Evaluation:
                 st.nearest.forget((cond, eps, seed))
                 st.perturbations.clear()
             self.computed += len(results)
-            self.units_bar.update(len(results))
+            self.results_bar.update(len(results))
 
     def _model(self, category: str) -> FittedDetector:
         """The detector ``trustad fit`` builds, for a category: the table's defaults unless
-        the settings override. Calibration is the rows' job here: every calibrator is
-        fitted per unit, so the model carries none."""
+        the settings override; its trust engine fits every calibrator and every flag of the
+        study (``EvaluationSettings.trust``), once per (shots, seed)."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
         return FittedDetector(
             self.runtime,
@@ -208,9 +210,7 @@ class Evaluation:
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
-            calibrator=None,
-            conformal_alpha=None,
-            flag=None,
+            trust=self.s.trust(),
         )
 
     def _skip(self, message: str) -> None:
@@ -237,7 +237,7 @@ class Evaluation:
         self,
         st: CategoryState,
         det: AnomalyDINO,
-        unit: Unit,
+        unit: ResultKey,
         scored: Scored,
         split: Split,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -248,28 +248,28 @@ class Evaluation:
         key = (unit.shots, unit.seed)
         if attacked is None:
             st.clean_distances[key] = dists
-        clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
-        if key not in st.calibrations:  # fitted once per detector, for every condition
-            st.calibrations[key] = clean_calibration(
-                det.scores_from_distances(clean_dists), st.labels, split, self.calibration_options
-            )
-        clean = st.calibrations[key]
         notes = list(st.notes)
+        if len(split.calibration) == 0:
+            if self.s.flag_names():
+                notes.append("flags: no calibration images to set their thresholds")
+            if self.s.gate() is not None:
+                notes.append("gate: no calibration images to set its threshold")
+        trust = self._trust(st, det, key, split)
+        clean = self._clean_fields(st, det, key)
+        fields = clean
         flag_cols = {}
-        clean_batch = (clean_dists, st.clean_features, st.images)
-        current = (dists, features, attacked or st.images)
         if attacked is not None:
-            attack = self.s.attack(unit.condition, unit.eps)
-            if attack.needs_objective and not attack.targets_score and st.masks is None:
-                notes.append(IMAGE_LABEL_PROBE)
-            flag_cols = st.flags.columns(key, det, split, clean_batch, current, notes)
-        gated = st.flags.gate(key, det, split, clean_batch, current, notes)
-        row, probs = result_row(
-            unit, st.labels, scores, clean, split, self.calibration_options, notes
-        )
+            if not is_corruption(unit.condition):
+                attack = self.s.attack(unit.condition, unit.eps)
+                if attack.needs_objective and not attack.targets_score and st.masks is None:
+                    notes.append(IMAGE_LABEL_PROBE)
+            fields = assess(trust, scores, ScoredSet(dists, features, attacked), st.flag_inputs)
+            flag_cols = flag_columns(self.s.flag_names(), trust, clean, fields, split)
+        row = result_row(unit, st.labels, fields, clean, trust, split, self.s.flag_rate, notes)
         row.update(flag_cols)
-        if gated is not None:
-            row.update(gated_columns(probs, st.labels, split, gated))
+        row.update(flag_rate_columns(fields, split))
+        if fields.flag is not None:
+            row.update(gated_columns(fields, st.labels, split, trust))
         if self.s.pixel_metrics and st.masks is not None:
             desc = f"[{st.category}] pixel metrics"
             with self.log.bar(desc, 1, "step") as bar:
@@ -281,7 +281,7 @@ class Evaluation:
                 st.perturbations[test_set] = perturbation_columns(st.images, attacked)
             row.update(st.perturbations[test_set])
         image_ids = [t.image_id for t in st.data.test]
-        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs, gated)
+        per_image = score_rows(unit, image_ids, st.labels, split, fields)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
             save_examples(
                 self.store.out / "examples" / st.category,
@@ -295,6 +295,26 @@ class Evaluation:
                 self.s.save_examples,
             )
         return row, per_image
+
+    def _trust(
+        self, st: CategoryState, det: AnomalyDINO, key: tuple[int, int], split: Split
+    ) -> TrustEngine:
+        """The trust engine of (shots, seed) = ``key`` (``det`` fitted for it), once."""
+        if key not in st.trust:
+            clean_dists = self._clean_distances(st, det, *key)
+            st.trust[key] = fit_trust(st, det, key, split, clean_dists, self.s.save_models)
+        return st.trust[key]
+
+    def _clean_fields(
+        self, st: CategoryState, det: AnomalyDINO, key: tuple[int, int]
+    ) -> Assessment:
+        """What the trust engine of ``key`` gives every clean test image (once per key)."""
+        if key not in st.clean_fields:
+            dists = self._clean_distances(st, det, *key)
+            scored = ScoredSet(dists, st.clean_features, st.images)
+            scores = det.scores_from_distances(dists)
+            st.clean_fields[key] = assess(st.trust[key], scores, scored, st.flag_inputs)
+        return st.clean_fields[key]
 
     def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
         """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
@@ -320,18 +340,20 @@ class Evaluation:
         memory for the category; computed from the clean features when a resumed run
         needs them."""
         if (shots, seed) not in st.clean_distances:
-            unit = Unit(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
+            unit = ResultKey(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
             st.clean_distances[shots, seed] = self._distances(
                 st, det, unit, st.clean_features, st.clean_foreground
             )
         return st.clean_distances[shots, seed]
 
-    def _test_set(self, unit: Unit) -> tuple | None:
+    def _test_set(self, unit: ResultKey) -> tuple | None:
         """What identifies the features a unit scores across its category's units: clean,
         or an attack that does not depend on the bank (once per seed and eps); None for
         score attacks (computed per unit)."""
         if unit.condition == CLEAN:
             return (CLEAN,)
+        if is_corruption(unit.condition):
+            return (unit.condition, unit.eps, unit.seed)
         if self.s.attack(unit.condition, unit.eps).targets_score:
             return None
         return (unit.condition, unit.eps, unit.seed)
@@ -340,7 +362,7 @@ class Evaluation:
         self,
         st: CategoryState,
         det: AnomalyDINO,
-        unit: Unit,
+        unit: ResultKey,
         features: list[Tensor],
         foreground: list[Tensor] | None,
     ) -> list[Tensor]:
@@ -355,6 +377,18 @@ class Evaluation:
         nearest = st.nearest.indices(key, features, det.memory_bank_, paths, sizes)
         return det.distances_from_nearest(features, nearest, foreground)
 
+    def _corrupted(
+        self, st: CategoryState, det: AnomalyDINO, cond: str, seed: int, shots: list[int]
+    ) -> dict[int, Scored]:
+        """The test images under a benign corruption (one draw per seed), scored by every
+        shot count."""
+        corruption = parse_corruption(cond)
+        generator = torch.Generator().manual_seed(seed)
+        with self.clock("attack"):
+            images = [corruption.apply(x, generator) for x in st.images]
+        feats = self._features(st, images, f"{cond} features")
+        return {k: Scored(feats, det.foreground(feats), images) for k in shots}
+
     # -- attacks ------------------------------------------------------------------------
     def _score_objective(
         self, st: CategoryState, det: AnomalyDINO, name: str, shots: int, seed: int, split: Split
@@ -365,8 +399,12 @@ class Evaluation:
         if name != "adaptive":
             return lambda idx: score_loss(det, labels[idx])
         clean_dists = self._clean_distances(st, det, shots, seed)
-        clean = st.flags.inputs((clean_dists, st.clean_features, st.images))
-        flag = st.flags.flag((shots, seed), self.s.adaptive_flag, det, split, clean)
+        flag = self._trust(st, det, (shots, seed), split).flags_.get(self.s.adaptive_flag)
+        if flag is None:
+            raise ValueError(
+                f"the adaptive attack needs the {self.s.adaptive_flag} flag fitted on "
+                "calibration images; this category has none (see the notes)"
+            )
         spread = float(np.std(det.scores_from_distances(clean_dists)[split.calibration]))
         lam = self.s.adaptive_lambda
         return lambda idx: flag_aware_score_loss(det, labels[idx], flag, max(spread, 1e-6), lam)
@@ -392,7 +430,7 @@ class Evaluation:
                 score_objective = self._score_objective(st, det, attack.name, k, seed, split)
                 adv = self.attacker.images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
-                out[k] = (feats, det.foreground(feats), adv)
+                out[k] = Scored(feats, det.foreground(feats), adv)
                 self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
@@ -411,4 +449,4 @@ class Evaluation:
 
         adv = self.attacker.images(st, attack, objective_for, seed)
         feats = self._features(st, adv, f"{cond} features")
-        return {k: (feats, det.foreground(feats), adv) for k in shots}
+        return {k: Scored(feats, det.foreground(feats), adv) for k in shots}

@@ -16,10 +16,12 @@ from typing import Any
 from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, ProbeSettings
 from ..backbone.preprocess import DEFAULT_RESOLUTION
 from ..backbone.runtime import DEFAULT_BATCH_SIZE
-from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
+from ..calibration import CALIBRATORS, DEFAULT_CALIBRATION_FRACTION
+from ..corruptions import parse_corruption
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
 from ..flags import (
+    DEFAULT_FALSE_FLAG_RATE,
     DEFAULT_FLAG,
     DEFAULT_LAMBDA,
     FLAG_COSTS,
@@ -27,7 +29,12 @@ from ..flags import (
     ZERO_COST_FLAGS,
     CombinedFlag,
 )
-from ..model import DEFAULT_CONFORMAL_ALPHA
+from ..model import (
+    DEFAULT_CALIBRATOR,
+    DEFAULT_CONFORMAL_ALPHA,
+    SAVABLE_CALIBRATORS,
+    TrustOptions,
+)
 
 CLEAN = "clean"
 MAX_RESOLUTION = 4480  # 320 x 320 patches: beyond this one image's features do not fit
@@ -57,6 +64,19 @@ def parse_shard(text: str) -> str:
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"shard I/N needs 1 <= I <= N, got {text!r}")
     return f"{i}/{n}"
+
+
+def parse_corruption_label(text: str) -> str:
+    """A benign corruption "NAME:LEVEL" in its normal form (``trustad.corruptions``)."""
+    try:
+        return parse_corruption(text).label
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def is_corruption(condition: str) -> bool:
+    """Whether a condition is a benign corruption ("NAME:LEVEL"), not clean or an attack."""
+    return ":" in condition
 
 
 def shard_parts(shard: str | None) -> tuple[int, int]:
@@ -157,6 +177,16 @@ class EvaluationSettings:
     attacks: list[str] = option(
         ["none"], "conditions besides clean", group="attack", choices=ATTACKS, flag="attack"
     )
+    corruptions: list[str] = option(
+        [],
+        "benign conditions NAME:LEVEL (gaussian-noise:GREY_LEVELS, jpeg:QUALITY, blur:SIGMA_PX, "
+        "brightness:PERCENT, contrast:PERCENT, shift:PX): ordinary camera variation, scored "
+        "with every metric and the share each flag fires on (flag_rate_<flag>)",
+        group="attack",
+        flag="corruption",
+        parse=parse_corruption_label,
+        metavar="NAME:LEVEL",
+    )
     eps: list[float] = option(
         [DEFAULT_EPS],
         "L-inf budgets, e.g. 8/255 (several: a sweep)",
@@ -217,8 +247,16 @@ class EvaluationSettings:
         "0/1: less overconfident on small or separable calibration sets",
         group="calibration",
     )
+    calibrator: str = option(
+        DEFAULT_CALIBRATOR,
+        "the calibrator of the prediction fields (scores.csv's probability, decision and "
+        "gated_probability; --save-models), as `trustad fit --calibrator`; every calibrator's "
+        "metrics are measured either way",
+        group="calibration",
+        choices=SAVABLE_CALIBRATORS,
+    )
     flag_rate: float = option(
-        DEFAULT_FLAG_RATE,
+        DEFAULT_FALSE_FLAG_RATE,
         "false-flag rate of the attack flags' thresholds on clean calibration images",
         group="calibration",
     )
@@ -244,6 +282,14 @@ class EvaluationSettings:
         group="calibration",
     )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
+    save_models: str | None = option(
+        None,
+        "write each (category, shots, seed)'s fitted detector, as `trustad fit` would, to "
+        "DIR/<category>-<shots>shot-seed<seed>.safetensors: `trustad predict` with it gives "
+        "scores.csv's fields",
+        group="output",
+        metavar="DIR",
+    )
     save_examples: int = option(
         0,
         "save N test images (from 2 on, one of them normal) with their maps per category and "
@@ -302,8 +348,9 @@ class EvaluationSettings:
             raise ValueError(str(exc)) from exc
         category_defaults(self.dataset, "", self.preprocessing)  # checks both names
         self.probe(0)
-        for name, eps in self.conditions()[1:]:
-            self.attack(name, eps)
+        for name, eps in self.conditions()[1:]:  # parses the corruptions too
+            if not is_corruption(name):
+                self.attack(name, eps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,12 +361,13 @@ class EvaluationSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def conditions(self) -> list[tuple[str, float]]:
-        """(condition name, eps) in run order: clean first."""
+        """(condition name, eps) in run order: clean first, then the attacks, then the benign
+        corruptions (eps 0)."""
         out = [(CLEAN, 0.0)]
         for attack in self.attacks:
             if attack != "none":
                 out += [(attack, float(e)) for e in self.eps]
-        return out
+        return out + [(parse_corruption(c).label, 0.0) for c in self.corruptions]
 
     def calibrator_options(self, name: str) -> dict[str, Any]:
         """Constructor options of calibrator ``name`` under these settings."""
@@ -329,6 +377,21 @@ class EvaluationSettings:
 
     def flag_names(self) -> list[str]:
         return [f for f in self.flags if f != "none"]
+
+    def trust(self) -> TrustOptions:
+        """What each (category, shots, seed)'s trust engine fits: every calibrator (the
+        prediction's first), the conformal threshold, and the gate flag (first) with the
+        measured flags and the flag the adaptive attacker keeps down."""
+        calibrators = (self.calibrator, *(c for c in CALIBRATORS if c != self.calibrator))
+        attacker = [self.adaptive_flag] if "adaptive" in self.attacks else []
+        return TrustOptions(
+            calibrators=calibrators,
+            calibrator_options={c: self.calibrator_options(c) for c in calibrators},
+            conformal_alpha=self.conformal_alpha,
+            flag=self.gate(),
+            other_flags=tuple(dict.fromkeys([*self.flag_names(), *attacker])),
+            false_flag_rate=self.flag_rate,
+        )
 
     def gate(self) -> str | None:
         return None if self.gate_flag == "none" else self.gate_flag
@@ -352,8 +415,19 @@ class EvaluationSettings:
 
 # Settings that may differ when a run is resumed: they do not change any result.
 RESUME_FREE = frozenset(
-    {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds", "flags"}
+    {
+        "categories",
+        "batch_size",
+        "save_examples",
+        "save_models",
+        "attacks",
+        "corruptions",
+        "eps",
+        "shots",
+        "seeds",
+        "flags",
+    }
 )
 # Settings that may differ between the folders merged into one run: how the work was split
 # and run, never what was computed.
-MERGE_FREE = frozenset({"shard", "batch_size", "save_examples"})
+MERGE_FREE = frozenset({"shard", "batch_size", "save_examples", "save_models"})

@@ -21,7 +21,16 @@ from .settings import RESUME_FREE, EvaluationSettings
 
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
 SCORE_KEY_COLUMNS = (*KEY_COLUMNS, "image", "label", "split", "score")
-SCORE_COLUMNS = (*SCORE_KEY_COLUMNS, *(f"prob_{c}" for c in cal.CALIBRATORS), "gated")
+# The fields of a prediction (``trustad predict``) that the unit's trust engine gives each
+# test image; "flag" is the gate flag's decision.
+PREDICTION_COLUMNS = ("probability", "p_value", "decision", "flag", "gated_probability")
+SCORE_COLUMNS = (
+    *SCORE_KEY_COLUMNS,
+    *(f"prob_{c}" for c in cal.CALIBRATORS),
+    *PREDICTION_COLUMNS,
+    "probability_low",
+    "probability_high",
+)
 DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
 PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")
@@ -39,14 +48,14 @@ def result_columns() -> list[str]:
     cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
-    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
+    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr", "flag_rate")]
     cols += [f"{m}_{c}" for m in GATED_METRICS for c in cal.CALIBRATORS] + ["gated_share"]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
     cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note", *TIMING_COLUMNS]
     return cols
 
 
-def unit_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps: Any) -> tuple:
+def result_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps: Any) -> tuple:
     """The identity of one result row, the same whether its values come from a CSV file
     (strings) or from a running evaluation; eps is compared to 6 significant digits."""
     eps = float(f"{float(eps):.6g}")
@@ -54,7 +63,7 @@ def unit_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    return unit_key(*(row[c] for c in KEY_COLUMNS))
+    return result_key(*(row[c] for c in KEY_COLUMNS))
 
 
 def unique_rows(rows: Iterable[dict[str, Any]], extra: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -130,8 +139,8 @@ def read_run_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def done_units(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
-    """Unit keys already done in ``out``, read without writing anything (for a plan).
+def done_results(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
+    """ResultKey keys already done in ``out``, read without writing anything (for a plan).
     Raises like a run would when the folder holds a run with other settings."""
     out = Path(out)
     data = read_run_file(out / "run.json") if out.is_dir() else {}
@@ -217,7 +226,7 @@ class ResultStore:
     def done(
         self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float
     ) -> bool:
-        return unit_key(dataset, category, shots, seed, cond, eps) in self._done
+        return result_key(dataset, category, shots, seed, cond, eps) in self._done
 
     def add(self, results: list[dict[str, Any]], scores: list[dict[str, Any]]) -> None:
         """Write one unit: its scores first, then its results (which mark it done)."""
