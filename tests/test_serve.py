@@ -49,7 +49,7 @@ def test_health_model_and_docs(served):
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     info = httpx.get(f"{url}/model").json()
     assert info["preprocessing"]["resolution"] == RES
-    assert info["calibrator"]["name"] == "platt" and info["decision_rule"] == "conformal"
+    assert info["calibrator"]["name"] == "bayes" and info["decision_rule"] == "conformal"
     assert info["limits"] == {"max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
     assert len(info["support"]) == 3 and "sha256" in info["support"][0]
     assert info["memory_bank"]["patches"] == model.detector.memory_bank_.shape[0]
