@@ -110,6 +110,8 @@ def test_engines_refuse_files_they_cannot_run(exported, tmp_path):
     model, _, tmp = exported
     with pytest.raises(ValueError, match="torch engine needs the .safetensors model file"):
         load_model(tmp / "m.onnx", "torch")
+    with pytest.raises(ValueError, match="exported graphs run on the CPU, not on 'cuda'"):
+        load_model(tmp / "m.onnx", device="cuda")
     with pytest.raises(ValueError, match="onnxruntime runs .onnx files"):
         load_model(tmp / "m.xml", "onnx")
     model.save(tmp_path / "m.safetensors")

@@ -217,6 +217,8 @@ def load_model(
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if Path(path).suffix in EXPORT_FORMATS.values():
+        if str(device) != "cpu":
+            raise ValueError(f"{path}: exported graphs run on the CPU, not on {device!r}")
         return load_exported(path, engine, batch_size=batch_size)
     if engine not in (None, "torch"):
         raise ValueError(
