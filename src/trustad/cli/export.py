@@ -53,7 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "exit status 1).",
     )
     p.add_argument("model", help="model file written by `trustad fit`")
-    p.add_argument("--format", choices=tuple(EXPORT_FORMATS), required=True, dest="fmt")
+    p.add_argument(
+        "--format",
+        choices=tuple(EXPORT_FORMATS),
+        required=True,
+        dest="fmt",
+        help="onnx (one .onnx file: onnxruntime or OpenVINO) or openvino (IR: .xml and .bin)",
+    )
     p.add_argument("--out", required=True, help="file to write (.onnx, or .xml plus its .bin)")
     p.add_argument(
         "--image-size",
@@ -77,7 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="images to measure the parity on (default: synthetic parts and photographs)",
     )
-    p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="the backbone weights file (default: the recorded backbone's, as `trustad "
+        "weights show` finds them)",
+    )
     p.set_defaults(func=run)
 
 
