@@ -75,6 +75,14 @@ def test_exported_file_carries_the_model_settings(exported):
         )
 
 
+def test_knn_model_averages_the_k_nearest_in_the_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = fitted(make_part_folders(tmp_path / "data"), knn=3)
+    export_model(model, tmp_path / "m.onnx")
+    other = load_exported(tmp_path / "m.onnx", "onnx")
+    assert keeps_parity(parity(model, other, synthetic_images(RES)))
+
+
 def test_mask_test_model_is_masked_outside_the_graph(tmp_path):
     pytest.importorskip("onnxruntime")
     folders = make_part_folders(tmp_path / "data")
