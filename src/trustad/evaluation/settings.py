@@ -281,6 +281,19 @@ class EvaluationSettings:
         "target false-alarm rate of the conformal threshold",
         group="calibration",
     )
+    leave_one_out: bool = option(
+        True,
+        "pool the support images' leave-one-out scores with the normal calibration scores "
+        "for the conformal threshold, as `trustad fit` does",
+        group="calibration",
+    )
+    benign_envelope: bool = option(
+        True,
+        "raise pixel-only flag thresholds over benign variants of the normal calibration "
+        "images (camera noise <= 3 grey levels, JPEG >= 50, blur <= 1 px, lighting +-10 %, "
+        "shifts <= 2 px), as `trustad fit` does",
+        group="calibration",
+    )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_models: str | None = option(
         None,
@@ -391,6 +404,8 @@ class EvaluationSettings:
             flag=self.gate(),
             other_flags=tuple(dict.fromkeys([*self.flag_names(), *attacker])),
             false_flag_rate=self.flag_rate,
+            leave_one_out=self.leave_one_out,
+            benign_envelope=self.benign_envelope,
         )
 
     def gate(self) -> str | None:

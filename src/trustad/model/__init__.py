@@ -18,7 +18,6 @@ from .trust import (
     FlagReference,
     TrustEngine,
     TrustOptions,
-    flag_reference,
 )
 
 __all__ = [
@@ -37,7 +36,6 @@ __all__ = [
     "TrustEngine",
     "TrustOptions",
     "FlagReference",
-    "flag_reference",
     "image_record",
     "json_safe",
     "make_flag",

@@ -96,6 +96,8 @@ class FittedDetector:
                 false_flag_rate=(flag_options or {}).get(
                     "false_flag_rate", DEFAULT_FALSE_FLAG_RATE
                 ),
+                leave_one_out=leave_one_out,
+                benign_envelope=benign_envelope,
             )
         self.detector = AnomalyDINO(backbone, **detector_options)
         # Images -> features and distances; an exported graph's runner may replace it.
@@ -228,7 +230,7 @@ class FittedDetector:
             np.zeros(0) if cal_set is None else cal_set.scores,
             labels,
             images=recs,
-            reference=ref_set.references(self.trust_options.benign_envelope),
+            reference=ref_set.references(),
             leave_one_out_scores=loo_scores,
             normal_distances=(cal_normal.distances if cal_set is not None else []) + loo,
         )
