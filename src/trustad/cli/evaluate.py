@@ -183,9 +183,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         show_plan(settings, args.out, args.device)
         return 0
     protocol = getattr(args, "protocol", None)
-    run = execute(
-        settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
-    )
+    try:
+        run = execute(
+            settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
+        )
+    except BaseException:
+        from ..evaluation.store import forget_empty_run
+
+        forget_empty_run(args.out)  # a run that computed nothing must not block the next
+        raise
     return left_out(run)
 
 

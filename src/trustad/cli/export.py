@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..backbone.preprocess import load_rgb8
-from .inputs import collect_images
+from .inputs import add_verify_key, collect_images
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -89,6 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the backbone weights file (default: the recorded backbone's, as `trustad "
         "weights show` finds them)",
     )
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engines.runners import load_exported
     from ..model import FittedDetector
 
-    model = FittedDetector.load(args.model, weights=args.weights)
+    model = FittedDetector.load(args.model, weights=args.weights, verify_key=args.verify_key)
     out = export_model(model, args.out, args.fmt, args.image_size, args.precision)
     exported = load_exported(out)
     change = parity(model, exported, check_images(model, args))

@@ -14,7 +14,7 @@ from ..backbone.preprocess import load_rgb8
 from ..engines.runners import load_model
 from ..model import FittedDetector, json_safe, overlay_png
 from .export import add_engine_option
-from .inputs import collect_images
+from .inputs import add_verify_key, collect_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
     add_engine_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -116,7 +117,7 @@ def predict_paths(
         good, rgbs = [], []
         for i, path in enumerate(chunk):
             try:
-                rgbs.append(load_rgb8(path))
+                rgbs.append(load_rgb8(path, model.detector.resolution))
                 good.append(i)
             except (ValueError, OSError) as exc:
                 found[i] = {"path": str(path), "error": str(exc)}
@@ -142,14 +143,19 @@ def predict_paths(
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = collect_images(args.paths, missing_ok=True)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.paths)}")
+    if args.out and Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give the JSON-lines file's name")
     model = load_model(
         args.model,
         args.engine,
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,
+        verify_key=args.verify_key,
     )
-    paths = collect_images(args.paths, missing_ok=True)
     out = Path(args.out) if args.out else None
     done = resume(out) if out else set()
     todo = [p for p in paths if _key(p) not in done]

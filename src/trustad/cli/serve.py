@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from .export import add_engine_option
+from .inputs import add_verify_key
+
+# After SIGTERM, requests in progress get this long before the server stops anyway.
+SHUTDOWN_SECONDS = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_engine_option(p)
     p.add_argument("--max-upload-mb", type=float, default=None, help="default 20")
     p.add_argument("--max-pixels", type=int, default=None, help="default 40 million")
+    p.add_argument(
+        "--request-seconds",
+        type=float,
+        default=None,
+        help="time limit of one request, waiting for the model included (503 when the model "
+        "stays busy, 504 when its own work runs over); default 60, 0 for none",
+    )
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -33,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
+        from ..serve import (
+            DEFAULT_MAX_PIXELS,
+            DEFAULT_MAX_UPLOAD_BYTES,
+            DEFAULT_REQUEST_SECONDS,
+            create_app,
+        )
     except ImportError as exc:
         raise RuntimeError(
             f"trustad serve needs the serve extra ({exc.name} is missing): "
@@ -41,12 +59,40 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     from ..engines.runners import load_model
 
-    model = load_model(args.model, args.engine, weights=args.weights, device=args.device)
+    model = load_model(
+        args.model,
+        args.engine,
+        weights=args.weights,
+        device=args.device,
+        verify_key=args.verify_key,
+    )
     upload = (
         DEFAULT_MAX_UPLOAD_BYTES if args.max_upload_mb is None else int(args.max_upload_mb * 2**20)
     )
     pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
-    app = create_app(model, max_upload_bytes=upload, max_pixels=pixels)
+    seconds = DEFAULT_REQUEST_SECONDS if args.request_seconds is None else args.request_seconds
+    app = create_app(
+        model, max_upload_bytes=upload, max_pixels=pixels, request_seconds=seconds or None
+    )
+    sock = bind(args.host, args.port)  # before saying "serving": a taken port fails here
     print(f"serving {args.model} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or an error naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot serve on {host}:{port}: {exc.strerror} (is another server on it?)"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -212,13 +212,21 @@ def load_model(
     weights: str | os.PathLike | None = None,
     device: str = "cpu",
     batch_size: int = 8,
+    verify_key: bytes | None = None,
 ) -> FittedDetector:
-    """A model file (torch engine) or an exported graph (its engines), by the extension."""
+    """A model file (torch engine) or an exported graph (its engines), by the extension;
+    ``verify_key``: the model file must be signed with it (exported graphs carry no
+    signature: verify the model file before exporting it)."""
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if Path(path).suffix in EXPORT_FORMATS.values():
         if str(device) != "cpu":
             raise ValueError(f"{path}: exported graphs run on the CPU, not on {device!r}")
+        if verify_key is not None:
+            raise ValueError(
+                f"{path}: an exported graph carries no signature to verify; verify the signed "
+                "model file (trustad export --verify-key) and keep the export where it is trusted"
+            )
         return load_exported(path, engine, batch_size=batch_size)
     if engine not in (None, "torch"):
         raise ValueError(
@@ -226,4 +234,6 @@ def load_model(
             f"first: trustad export {path} --format "
             f"{'openvino' if engine == 'openvino' else 'onnx'} --out FILE"
         )
-    return FittedDetector.load(path, weights=weights, device=device, batch_size=batch_size)
+    return FittedDetector.load(
+        path, weights=weights, device=device, batch_size=batch_size, verify_key=verify_key
+    )

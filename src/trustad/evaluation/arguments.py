@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
             default = f.default_factory()
         kind, many = base_type(hints[f.name])
         flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
-        help_text = meta["help"]
+        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
         if f.default is MISSING and f.default_factory is MISSING:
             kwargs["required"] = True
@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
             continue
         if kind is bool and hints[f.name] is bool:  # on by default: offer --no-NAME
             flag = "--no-" + flag[2:]
+            kwargs["help"] = f"turn off (on by default): {help_text}"
             group.add_argument(flag, action="store_false", **kwargs)
             continue
         if kind is bool:  # bool | None: None keeps the category table's default

@@ -7,7 +7,7 @@ format; ``trustad.model.overlay`` heatmap pictures. The flags are ``trustad.flag
 """
 
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FLAGS, make_flag
-from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_model_file
+from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_key, read_model_file
 from .fitted import SAVABLE_CALIBRATORS, FittedDetector
 from .overlay import overlay, overlay_png
 from .state import Prediction, image_record, json_safe
@@ -41,5 +41,6 @@ __all__ = [
     "make_flag",
     "overlay",
     "overlay_png",
+    "read_key",
     "read_model_file",
 ]

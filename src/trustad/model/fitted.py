@@ -33,7 +33,8 @@ from ..detector import AnomalyDINO, anomaly_map
 from ..engines.base import InferenceEngine, TorchEngine
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
-from .scored import ScoredImages, flag_inputs
+from .schema import BANK, CONFORMAL_SCORES
+from .scored import ScoredImages, grouped_flag_values
 from .state import Prediction, image_record, json_safe
 from .trust import (
     DEFAULT_CALIBRATOR,
@@ -46,8 +47,6 @@ from .trust import (
 
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
 SAVABLE_CALIBRATORS = ("bayes", "platt", "temperature", "beta")
-BANK = "memory_bank"
-CONFORMAL_SCORES = "conformal.calibration_scores"
 
 
 class FittedDetector:
@@ -267,39 +266,14 @@ class FittedDetector:
         """:meth:`predict_from_features` with the patch-distance grids (h, w) found already
         (by :attr:`engine`)."""
         scores = self.detector.scores_from_distances(dists)
-        fields = self.trust_.assess(scores, self._flag_values(scores, dists, features, images))
+        values = grouped_flag_values(self.trust_, scores, dists, features, images)
+        fields = self.trust_.assess(scores, values)
         return [
             Prediction(
                 **fields.prediction_fields(i), anomaly_map=anomaly_map(d, size) if maps else None
             )
             for i, (d, size) in enumerate(zip(dists, sizes))
         ]
-
-    def _flag_values(
-        self,
-        scores: np.ndarray,
-        dists: Sequence[Tensor],
-        features: Sequence[Tensor],
-        images: Sequence[Tensor] | None,
-    ) -> dict[str, np.ndarray]:
-        """The fitted flags' values, image by image where the images differ in size."""
-        if not self.trust_.flags_:
-            return {}
-        if images is None:
-            images = [None] * len(dists)
-        shapes = {
-            (tuple(d.shape), None if x is None else tuple(x.shape)) for d, x in zip(dists, images)
-        }
-        groups = [list(range(len(dists)))] if len(shapes) == 1 else [[i] for i in range(len(dists))]
-        parts = []
-        for idx in groups:
-            inputs = flag_inputs(
-                [dists[i] for i in idx],
-                [features[i] for i in idx],
-                None if images[0] is None else [images[i] for i in idx],
-            )
-            parts.append(self.trust_.flag_values(scores[idx], inputs))
-        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def predict(self, images: Sequence[ImageInput], maps: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per image (paths, PIL images or arrays)."""
@@ -353,12 +327,12 @@ class FittedDetector:
         """:meth:`settings` in strict JSON (infinite thresholds as strings)."""
         return json_safe(self.settings())
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model file (see ``trustad.model.file``)."""
+    def save(self, path: str | os.PathLike, sign_key: bytes | None = None) -> Path:
+        """Write the model file (see ``trustad.model.file``), signed with ``sign_key``."""
         tensors = {BANK: self.detector.memory_bank_}
         if self.conformal_ is not None:
             tensors[CONFORMAL_SCORES] = torch.from_numpy(self.conformal_.calibration_scores_)
-        return write_model_file(path, tensors, self.settings())
+        return write_model_file(path, tensors, self.settings(), sign_key)
 
     @classmethod
     def load(
@@ -369,11 +343,13 @@ class FittedDetector:
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
+        verify_key: bytes | None = None,
     ) -> FittedDetector:
         """A model file back in memory. Without ``backbone`` the recorded backbone is
         loaded (``weights``: an explicit file); either way its weights must have the
-        recorded sha256, else :class:`ModelFileError`."""
-        tensors, s = read_model_file(path)
+        recorded sha256, else :class:`ModelFileError`. With ``verify_key`` the file must
+        carry a signature made with that key."""
+        tensors, s = read_model_file(path, verify_key)
         bb = s["backbone"]
         recorded = bb["weights"]
         if backbone is None:

@@ -6,7 +6,10 @@ OpenAPI page) and the web page at ``/``.
 
 Concurrency: predictions run in the server's thread pool, one at a time behind a single
 lock around the model, so concurrent requests queue and never share intermediate state.
-Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the problem, never a 500.
+Each request has a time limit: one that waits for the model that long answers 503, one
+whose own work runs past it is stopped (between backbone blocks) and answers 504, and the
+model is free for the next. Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the
+problem, never a 500.
 """
 
 from __future__ import annotations
@@ -24,20 +27,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..backbone.preprocess import resized_size
-from ..images import (
-    ImageReadError,
-    ImageTooLargeError,
-    NotAnImageError,
-    read_rgb8,
-    read_size,
-)
+from ..deadline import Busy, TimeLimitExceeded, run_limited
+from ..images import ImageReadError, ImageTooLargeError, NotAnImageError, read_rgb8
 from ..model import FittedDetector, json_safe, overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_REQUEST_SECONDS = 60.0
 STATIC = Path(__file__).parent / "static"
 # Multipart framing around the file (boundaries, part headers) allowed beyond the limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -62,20 +61,10 @@ def decode_image(
     data: bytes, max_pixels: int, name: str = "upload", resolution: int | None = None
 ) -> Image.Image:
     """The uploaded bytes as 8-bit RGB, or :class:`UploadError` (415 not an image, 413 too
-    many pixels, also once resized to ``resolution`` (a very elongated image grows), 400
-    empty, truncated or corrupt)."""
+    many pixels or too elongated, also once resized to ``resolution``, checked on the
+    header as every reader does; 400 empty, truncated or corrupt)."""
     try:
-        w, h = read_size(data, max_pixels=max_pixels)
-        if resolution is not None:
-            rw, rh = resized_size(w, h, resolution)
-            if rw * rh > max_pixels:
-                raise UploadError(
-                    413,
-                    f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = "
-                    f"{rw * rh} pixels (smaller edge {resolution}), more than the limit "
-                    f"{max_pixels}",
-                )
-        return read_rgb8(data, max_pixels=max_pixels)
+        return read_rgb8(data, max_pixels=max_pixels, resolution=resolution)
     except ImageTooLargeError as exc:
         raise UploadError(413, f"{name}: {exc.reason}") from exc
     except NotAnImageError as exc:
@@ -97,8 +86,10 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
 ) -> FastAPI:
-    """The service for ``model``; the limits answer 413 beyond them."""
+    """The service for ``model``; the limits answer 413 beyond them, the time limit per
+    request (None: none) 503 or 504."""
     app = FastAPI(
         title="trustad",
         version=__version__,
@@ -106,11 +97,24 @@ def create_app(
         "threshold and a do-not-trust flag. Requests are served one at a time by the model.",
     )
     lock = threading.Lock()
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "request_seconds": request_seconds,
+    }
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # e.g. a multipart form the parser refuses: the same {"error": ...} body as the rest
+        return JSONResponse(
+            {"error": str(exc.detail), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -146,18 +150,32 @@ def create_app(
 
     @app.post("/predict")
     def predict(
-        file: Annotated[UploadFile, File(description="the image to score")],
+        file: Annotated[list[UploadFile], File(description="the image to score (one)")],
         map_format: Annotated[
             MapFormat, Query(alias="map", description="none, png overlay or raw float32 map")
         ] = MapFormat.none,
     ) -> dict[str, Any]:
+        if len(file) != 1:
+            names = ", ".join(f.filename or "upload" for f in file)
+            raise UploadError(422, f"send one image per request, got {len(file)}: {names}")
+        (file,) = file
         name = file.filename or "upload"
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
         rgb = decode_image(data, max_pixels, name, model.detector.resolution)
-        with lock:
-            (pred,) = model.predict([rgb], maps=map_format is not MapFormat.none)
+        try:
+            (pred,) = run_limited(
+                lock,
+                request_seconds,
+                lambda: model.predict([rgb], maps=map_format is not MapFormat.none),
+            )
+        except Busy as exc:
+            raise UploadError(503, f"{name}: {exc}; try again later") from exc
+        except TimeLimitExceeded as exc:
+            raise UploadError(
+                504, f"{name}: not scored within the time limit of {request_seconds:g} s"
+            ) from exc
         out: dict[str, Any] = {
             "filename": name,
             "width": rgb.width,
