@@ -120,6 +120,8 @@ def test_engines_refuse_files_they_cannot_run(exported, tmp_path):
         load_model(tmp / "m.onnx", "torch")
     with pytest.raises(ValueError, match="exported graphs run on the CPU, not on 'cuda'"):
         load_model(tmp / "m.onnx", device="cuda")
+    with pytest.raises(ValueError, match="an exported graph carries no signature to verify"):
+        load_model(tmp / "m.onnx", verify_key=b"k" * 32)
     with pytest.raises(ValueError, match="onnxruntime runs .onnx files"):
         load_model(tmp / "m.xml", "onnx")
     model.save(tmp_path / "m.safetensors")
