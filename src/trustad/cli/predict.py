@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..backbone.preprocess import load_rgb8
+from ..engines.runners import load_model
 from ..model import (
     DEFAULT_MAP_SCALE,
     MAP_SCALES,
@@ -19,6 +20,7 @@ from ..model import (
     mask_png,
     prediction_overlay_png,
 )
+from .export import add_engine_option
 from .inputs import add_verify_key, collect_images
 
 
@@ -31,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "status 1 when any "
         "image failed. Rerunning with the same --out skips images already written.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--out", default=None, help="JSON-lines file (default: standard output)")
     p.add_argument(
@@ -57,12 +61,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="colour scale of the overlays: 'normal' runs from the median to the largest "
         "patch distance of the model's normal images (normal calibration images and the "
         "support images scored leave-one-out), the same for every image (red means beyond "
-        "anything normal; each image's own range when the model has none); 'image' runs from each image's own minimum to its maximum "
-        "(default: %(default)s)",
+        "anything normal; each image's own range when the model has none); 'image' runs "
+        "from each image's own minimum to its maximum (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    add_engine_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_verify_key(p)
     p.set_defaults(func=run)
@@ -179,9 +184,9 @@ def predict_paths(
                 found[i] = {"path": str(path), "error": str(exc)}
         if good:
             tensors, _ = model.detector.runtime.preprocess(rgbs)
-            feats = model.detector.features(tensors)
+            feats, dists = model.engine.run(tensors)
             sizes = [r.size for r in rgbs]
-            preds = model.predict_from_features(feats, sizes, bool(outputs), tensors)
+            preds = model.predict_from_distances(feats, dists, sizes, bool(outputs), tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
                 for kind, dests in outputs.items():
@@ -210,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     folders = {kind: Path(d) for kind, d in (("map", args.maps), ("mask", args.masks)) if d}
     # Named from all the inputs, so that a resumed run puts its files where the first did.
     outputs = output_paths(paths, folders)
-    model = FittedDetector.load(
+    model = load_model(
         args.model,
+        args.engine,
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,

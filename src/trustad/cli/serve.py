@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 
+from .export import add_engine_option
 from .inputs import add_verify_key
 
 # After SIGTERM, requests in progress get this long before the server stops anyway.
@@ -20,11 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "/health, GET /model, GET /docs, and a web page at /. Requests are served one at a "
         "time by the model.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    add_engine_option(p)
     p.add_argument("--max-upload-mb", type=float, default=None, help="default 20")
     p.add_argument("--max-pixels", type=int, default=None, help="default 40 million")
     p.add_argument(
@@ -53,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
             f"trustad serve needs the serve extra ({exc.name} is missing): "
             "pip install 'trustad[serve]'"
         ) from exc
-    from ..model import FittedDetector
+    from ..engines.runners import load_model
 
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=args.device, verify_key=args.verify_key
+    model = load_model(
+        args.model,
+        args.engine,
+        weights=args.weights,
+        device=args.device,
+        verify_key=args.verify_key,
     )
     upload = (
         DEFAULT_MAX_UPLOAD_BYTES if args.max_upload_mb is None else int(args.max_upload_mb * 2**20)
