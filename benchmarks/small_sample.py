@@ -162,6 +162,7 @@ def one_draw(model, normal, defect, pool_flag_values, k, n_cal, rng, args) -> di
             out[f"flag_{text}"] = float(flag.predict(stats[text][test_n]).mean())
         for eps in ATTACK_EPS:
             out[f"flag_auroc_{eps}"] = flagging_auroc(clean_values, stats[eps][test_n])
+            out[f"flag_tpr_{eps}"] = float(flag.predict(stats[eps][test_n]).mean())
     return out
 
 
@@ -216,14 +217,16 @@ def markdown(results: dict) -> str:
         "",
         "| data | k | n_cal | flag rate clean | "
         + " | ".join(BENIGN)
-        + " | AUROC 2/255 | AUROC 4/255 | AUROC 8/255 |",
+        + " | AUROC / flagged 2/255 | 4/255 | 8/255 |",
         "|---|---|---|---|" + "---|" * (len(BENIGN) + 3),
     ]
     for c in results["cells"]:
         if "flag_clean" not in c:
             continue
         benign = " | ".join(_f(c, f"flag_{t}") for t in BENIGN)
-        aurocs = " | ".join(_f(c, f"flag_auroc_{e}") for e in ATTACK_EPS)
+        aurocs = " | ".join(
+            f"{_f(c, f'flag_auroc_{e}')} / {_f(c, f'flag_tpr_{e}')}" for e in ATTACK_EPS
+        )
         lines.append(
             f"| {c['data']} ({c['category']}) | {c['k']} | {c['n_cal']} | "
             f"{_f(c, 'flag_clean')} | {benign} | {aurocs} |"
