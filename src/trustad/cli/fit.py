@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..backbone import DEFAULT_RESOLUTION
 from ..data import category_defaults, support_paths
 from ..model import (
     DEFAULT_CALIBRATOR,
@@ -17,7 +16,8 @@ from ..model import (
     SAVABLE_CALIBRATORS,
     FittedDetector,
 )
-from .inputs import calibration_images, collect_images, on_off
+from .inputs import calibration_images, collect_images
+from .options import add_device_option, add_setting_options, device_of
 
 NONE = "none"
 
@@ -32,27 +32,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sub-folders), the conformal threshold (on the good images) and the attack flag. "
         "Writes one .safetensors model file for `trustad predict` and `trustad serve`.",
     )
-    p.add_argument("--normal", nargs="+", required=True, metavar="DIR_OR_FILE")
+    p.add_argument(
+        "--normal",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="good images, or folders of them: the support set of the memory bank",
+    )
     p.add_argument(
         "--calibration",
         metavar="DIR",
-        help="good/ plus one folder per defect type, or a folder of good images only",
+        help="good/ plus one folder per defect type, or a folder of good images only "
+        "(default: none, raw scores only)",
     )
     p.add_argument("--shots", type=int, default=None, help="support images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="which block of --shots images")
-    p.add_argument("--conformal-alpha", type=float, default=DEFAULT_CONFORMAL_ALPHA)
-    p.add_argument("--calibrator", choices=(*SAVABLE_CALIBRATORS, NONE), default=DEFAULT_CALIBRATOR)
-    p.add_argument("--flag", choices=(*FLAGS, NONE), default=DEFAULT_FLAG)
-    p.add_argument("--false-flag-rate", type=float, default=DEFAULT_FALSE_FLAG_RATE)
+    p.add_argument(
+        "--seed", type=int, default=0, help="which block of --shots images (default %(default)s)"
+    )
+    p.add_argument(
+        "--conformal-alpha",
+        type=float,
+        default=DEFAULT_CONFORMAL_ALPHA,
+        help="target false-alarm rate of the conformal threshold (default %(default)s)",
+    )
+    p.add_argument(
+        "--calibrator",
+        choices=(*SAVABLE_CALIBRATORS, NONE),
+        default=DEFAULT_CALIBRATOR,
+        help="how scores become probabilities (default %(default)s)",
+    )
+    p.add_argument(
+        "--flag",
+        choices=(*FLAGS, NONE),
+        default=DEFAULT_FLAG,
+        help="the do-not-trust flag (default %(default)s)",
+    )
+    p.add_argument(
+        "--false-flag-rate",
+        type=float,
+        default=DEFAULT_FALSE_FLAG_RATE,
+        help="share of clean calibration images the flag may raise on (default %(default)s)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
-    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
-    p.add_argument("--rotate", type=on_off, default=defaults.rotate, metavar="on|off")
-    p.add_argument("--mask-test", type=on_off, default=defaults.mask_test, metavar="on|off")
-    p.add_argument("--knn", type=int, default=1)
-    p.add_argument("--backbone", default="dinov2_vits14")
-    p.add_argument("--weights", default=None, help="weights file (default: trustad weights show)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_setting_options(
+        p,
+        ["resolution", "rotate", "mask_test", "knn", "backbone", "weights", "batch_size"],
+        defaults={"rotate": defaults.rotate, "mask_test": defaults.mask_test},
+        helps={
+            "rotate": "rotation augmentation of the support images",
+            "mask_test": "mask the background of test images",
+        },
+    )
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -77,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(overlap)} calibration image(s) are also support images, e.g. "
                 f"{sorted(overlap)[0]}; their scores would be near 0"
             )
-    backbone = load_backbone(args.backbone, args.weights, args.device)
+    backbone = load_backbone(args.backbone, args.weights, device_of(args))
     model = FittedDetector(
         backbone,
         resolution=args.resolution,

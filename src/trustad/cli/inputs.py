@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,11 +64,3 @@ def calibration_images(folder: str | Path) -> tuple[list[Path], list[int], str]:
     if kinds:
         what += f", {len(paths) - n_good} anomalous ({', '.join(kinds)})"
     return paths, labels, what
-
-
-def on_off(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")

@@ -1,60 +1,55 @@
-"""``trustad predict``: run a saved model on image files and folders, one JSON line each."""
+"""``trustad predict``: run a saved model on image files and folders, one record (a JSON
+line or a CSV row) each."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..backbone.preprocess import load_rgb8
-from ..model import FittedDetector, json_safe, overlay_png
+from ..model import FittedDetector, overlay_png
 from .inputs import collect_images
+from .options import add_device_option, add_setting_options, device_of
+from .records import FORMATS, RecordWriter, format_for, resume
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="score images with a model file from `trustad fit`",
-        description="Writes one JSON line per image (score, probability, p_value, decision, "
-        "entropy, flag, gated_probability; error for a file that cannot be read). Exits with "
-        "status 1 when any "
-        "image failed. Rerunning with the same --out skips images already written.",
+        description="Writes one record per image, as a JSON line or a CSV row (path, score, "
+        "probability, p_value, decision, entropy, flag, gated_probability; error for a file "
+        "that cannot be read). Exits with status 1 when any image failed. Rerunning with the "
+        "same --out skips images already written.",
     )
     p.add_argument("model", help="model file written by `trustad fit`")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--out", default=None, help="JSON-lines file (default: standard output)")
-    p.add_argument("--maps", default=None, metavar="DIR", help="write heatmap overlay PNGs")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    p.add_argument("--out", default=None, help="results file (default: standard output)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="jsonl: one JSON object per line; csv: a header row, then one row per image "
+        "(default: csv when --out ends in .csv, else jsonl)",
+    )
+    p.add_argument(
+        "--maps",
+        default=None,
+        metavar="DIR",
+        help="write heatmap overlay PNGs under DIR (default: none)",
+    )
+    add_setting_options(p, ["batch_size", "weights"])
+    add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def _key(path: str | Path) -> str:
     return os.path.abspath(path)
-
-
-def resume(out: Path) -> set[str]:
-    """Paths already predicted in ``out``; lines of failed images are dropped so that
-    those images are tried again."""
-    if not out.is_file():
-        return set()
-    kept, done = [], set()
-    for line in out.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interruption
-        if "error" not in rec and "path" in rec:
-            kept.append(line)
-            done.add(_key(rec["path"]))
-    out.write_text("".join(f"{line}\n" for line in kept))
-    return done
 
 
 def map_paths(maps: Path, images: list[Path]) -> dict[Path, Path]:
@@ -99,11 +94,11 @@ def _chunks(items: list[Path], n: int) -> Iterable[list[Path]]:
 def predict_paths(
     model: FittedDetector,
     paths: list[Path],
-    sink: TextIO,
+    sink: RecordWriter,
     maps: Path | None,
     progress: Progress,
 ) -> list[dict[str, Any]]:
-    """Predict each path, writing one JSON line per image as soon as it is known."""
+    """Predict each path, writing one record per image as soon as it is known."""
     records = []
     destinations = map_paths(maps, paths) if maps is not None else {}
     for chunk in _chunks(paths, model.detector.runtime.batch_size):
@@ -130,7 +125,7 @@ def predict_paths(
                 found[i] = rec
         for i in sorted(found):
             records.append(found[i])
-            sink.write(json.dumps(json_safe(found[i])) + "\n")
+            sink.write(found[i])
         sink.flush()
         progress.step(len(chunk))
     return records
@@ -138,20 +133,22 @@ def predict_paths(
 
 def run(args: argparse.Namespace) -> int:
     model = FittedDetector.load(
-        args.model, weights=args.weights, device=args.device, batch_size=args.batch_size
+        args.model, weights=args.weights, device=device_of(args), batch_size=args.batch_size
     )
     paths = collect_images(args.paths, missing_ok=True)
     out = Path(args.out) if args.out else None
-    done = resume(out) if out else set()
+    fmt = format_for(out, args.format)
+    done = resume(out, fmt, _key) if out else set()
     todo = [p for p in paths if _key(p) not in done]
     maps = Path(args.maps) if args.maps else None
     progress = Progress(len(todo), not args.quiet)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as sink:
-            records = predict_paths(model, todo, sink, maps, progress)
+        header = not out.is_file() or out.stat().st_size == 0
+        with open(out, "a", newline="") as sink:
+            records = predict_paths(model, todo, RecordWriter(sink, fmt, header), maps, progress)
     else:
-        records = predict_paths(model, todo, sys.stdout, maps, progress)
+        records = predict_paths(model, todo, RecordWriter(sys.stdout, fmt), maps, progress)
     failed = [r for r in records if "error" in r]
     ok = [r for r in records if "error" not in r]
     anomalous = sum(1 for r in ok if r["decision"])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
-from ..backbone.runtime import BackboneRuntime, batches
+from ..backbone.runtime import batches
 from ..calibration import CALIBRATORS
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
@@ -74,14 +74,7 @@ class Evaluation:
         progress: bool | Progress = True,
     ) -> None:
         self.s = settings
-        self.runtime = BackboneRuntime(
-            backbone,
-            resolution=settings.resolution,
-            batch_size=settings.batch_size,
-            features_bf16=settings.bf16,
-            gradients_bf16=settings.attack_bf16,
-            tf32=settings.tf32,
-        )
+        self.runtime = settings.runtime(backbone)
         self.log = progress if isinstance(progress, Progress) else Progress(progress)
         self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, ProbeSettings
 from ..backbone.preprocess import DEFAULT_RESOLUTION
-from ..backbone.runtime import DEFAULT_BATCH_SIZE
+from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
+from ..backbone.weights import DEFAULT_BACKBONE
 from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
@@ -116,7 +117,7 @@ class EvaluationSettings:
         metavar="I/N",
     )
     resolution: int = option(DEFAULT_RESOLUTION, "smaller image edge in pixels", group="detector")
-    backbone: str = option("dinov2_vits14", "DINOv2 variant", group="detector")
+    backbone: str = option(DEFAULT_BACKBONE, "DINOv2 variant", group="detector")
     weights: str | None = option(
         None,
         "weights file (.pth or .safetensors); default: see `trustad weights show`",
@@ -342,6 +343,18 @@ class EvaluationSettings:
             random_start=self.random_start,
             round_8bit=self.round_8bit,
             coarse=self.adaptive_coarse if name == "adaptive" else 1,
+        )
+
+    def runtime(self, backbone: Any) -> BackboneRuntime:
+        """The backbone runtime of a run with these settings (the run and ``--plan``'s
+        timing both use it, so that the plan times what the run does)."""
+        return BackboneRuntime(
+            backbone,
+            resolution=self.resolution,
+            batch_size=self.batch_size,
+            features_bf16=self.bf16,
+            gradients_bf16=self.attack_bf16,
+            tf32=self.tf32,
         )
 
     def probe(self, seed: int) -> ProbeSettings:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 FORMAT = "trustad-model"
@@ -74,7 +74,10 @@ def write_model_file(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    save_file(cpu, str(tmp), metadata=metadata)
+    # Written by Python, not safetensors' save_file (which makes the file 0600): the file
+    # gets the mode of the umask, so that a service running as another user can read it.
+    tmp.unlink(missing_ok=True)  # a leftover keeps its old mode
+    tmp.write_bytes(save(cpu, metadata=metadata))
     os.replace(tmp, path)
     return path
 

@@ -1,32 +1,45 @@
 """The HTTP service around a fitted detector (FastAPI).
 
 Endpoints: ``POST /predict`` (multipart field ``file``; ``?map=none|png|base64``),
-``GET /health``, ``GET /model`` (settings and provenance, no tensors), ``GET /docs`` (the
-OpenAPI page) and the web page at ``/``.
+``GET /health``, ``GET /model`` (settings and provenance, no tensors), ``GET /metrics``
+(Prometheus text format), ``GET /docs`` (the OpenAPI page, its assets bundled: it works
+without internet) and the web page at ``/``.
 
-Concurrency: predictions run in the server's thread pool, one at a time behind a single
-lock around the model, so concurrent requests queue and never share intermediate state.
-Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the problem, never a 500.
+With a ``token``, ``/predict``, ``/model`` and ``/metrics`` answer 401 unless the request
+carries ``Authorization: Bearer <token>``. ``/health``, the web page, ``/docs`` and the API
+schema stay open: they hold nothing about the model, and a browser loads them before it
+can send a token (the page and ``/docs`` then send it with every call).
+
+Concurrency: each request decodes its upload in the server's thread pool; the images of
+concurrent requests are scored together by one worker thread (``serve.batching``), each
+request getting the prediction of its own image. Every request is counted in the metrics
+and written as one access-log line (``serve.monitor``). Bad input gets a 4xx JSON body
+``{"error": "..."}`` naming the problem, never a 500.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
+import hmac
+import time
+from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, Security, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from .. import __version__
 from ..backbone.preprocess import resized_size
+from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..images import (
     ImageReadError,
     ImageTooLargeError,
@@ -35,12 +48,20 @@ from ..images import (
     read_size,
 )
 from ..model import FittedDetector, json_safe, overlay_png
+from .batching import Batcher
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_WAIT_MS
+from .monitor import Monitor, Scored
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 STATIC = Path(__file__).parent / "static"
+# The Authorization header, read by the token check (module-level: FastAPI resolves the
+# check's annotations by name).
+BEARER = HTTPBearer(auto_error=False, description="the token given to `trustad serve`")
 # Multipart framing around the file (boundaries, part headers) allowed beyond the limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class Unauthorized(Exception):
+    """A request without the service's token."""
 
 
 class MapFormat(str, Enum):
@@ -97,16 +118,51 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    token: str | None = None,
+    max_batch: int = DEFAULT_BATCH_SIZE,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
 ) -> FastAPI:
-    """The service for ``model``; the limits answer 413 beyond them."""
-    app = FastAPI(
+    """The service for ``model``: the limits answer 413 beyond them; ``token`` (if any)
+    is required by every endpoint but ``/health``; up to ``max_batch`` concurrent images
+    are scored together, waiting at most ``max_wait_ms`` for the batch to fill."""
+    if token is not None and not token.strip():
+        raise ValueError("the service token is empty")
+    monitor = Monitor()
+    batcher: Batcher | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal batcher
+        batcher = Batcher(model, max_batch, max_wait_ms, on_batch=monitor.observe_batch)
+        yield
+        batcher.close()
+
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from its own package.
+    app = FastAPIOffline(
         title="trustad",
         version=__version__,
         description="Few-shot anomaly detection with a calibrated probability, a conformal "
-        "threshold and a do-not-trust flag. Requests are served one at a time by the model.",
+        "threshold and a do-not-trust flag. Concurrent requests are scored in batches."
+        + (" Every endpoint but /health needs the service's token (Authorize)." if token else ""),
+        lifespan=lifespan,
     )
-    lock = threading.Lock()
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> None:
+        if credentials is None:
+            raise Unauthorized("this service needs a token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise Unauthorized("wrong token")
+
+    guarded = [Security(require_token)] if token is not None else []
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -136,16 +192,38 @@ def create_app(
                 )
         return await call_next(request)
 
+    routes = {"/health", "/model", "/predict", "/metrics", "/docs", "/openapi.json", "/"}
+
+    @app.middleware("http")  # added last: the outermost, so it sees every answer
+    async def count_and_log(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        monitor.observe(
+            request.method,
+            path,
+            path if path in routes else "other",
+            response.status_code,
+            time.perf_counter() - start,
+            getattr(request.state, "scored", None),
+        )
+        return response
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/model")
+    @app.get("/model", dependencies=guarded)
     def describe() -> dict[str, Any]:
         return {**model.describe(), "limits": limits}
 
-    @app.post("/predict")
+    @app.get("/metrics", dependencies=guarded)
+    def metrics() -> Response:
+        return Response(monitor.exposition(), media_type=monitor.content_type)
+
+    @app.post("/predict", dependencies=guarded)
     def predict(
+        request: Request,
         file: Annotated[UploadFile, File(description="the image to score")],
         map_format: Annotated[
             MapFormat, Query(alias="map", description="none, png overlay or raw float32 map")
@@ -156,8 +234,8 @@ def create_app(
         if len(data) > max_upload_bytes:
             raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
         rgb = decode_image(data, max_pixels, name, model.detector.resolution)
-        with lock:
-            (pred,) = model.predict([rgb], maps=map_format is not MapFormat.none)
+        pred = batcher.score(rgb, maps=map_format is not MapFormat.none)
+        request.state.scored = Scored(rgb.width, rgb.height, pred)
         out: dict[str, Any] = {
             "filename": name,
             "width": rgb.width,

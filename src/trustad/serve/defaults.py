@@ -1,0 +1,7 @@
+"""The service's default limits, apart from FastAPI so that the command line can show them
+without the ``serve`` extra."""
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+# How long a request waits for others to join its batch: small beside a backbone pass.
+DEFAULT_MAX_WAIT_MS = 10.0
