@@ -43,9 +43,9 @@ for asset in $(grep -Eo '(src|href)="[^"]+"' "$tmp/docs.html" | cut -d'"' -f2); 
     echo "  $asset: HTTP $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "http://127.0.0.1:$PORT$asset")"
 done
 
-echo; echo "\$ curl -s -H 'Authorization: Bearer <token>' .../metrics | grep -v '^#' | grep -v ' 0.0$'"
+echo; echo "\$ curl -s -H 'Authorization: Bearer <token>' .../metrics   # less comments, _created and other routes' buckets"
 curl -s -H "Authorization: Bearer $(cat "$tmp/token")" "http://127.0.0.1:$PORT/metrics" \
-    | grep -v '^#' | grep -v ' 0.0$' | grep -v '_created '
+    | grep -Ev '^#|_created|_bucket\{le="[^"]*",path="(/health|/docs|/model|other)"'
 
 echo; echo "server's standard error (the access log):"
 cat "$tmp/server.log"

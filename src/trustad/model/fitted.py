@@ -29,7 +29,7 @@ from torch import Tensor
 from .. import __version__
 from ..backbone import load_backbone, resolve_weights
 from ..backbone.preprocess import ImageInput
-from ..backbone.runtime import BackboneRuntime
+from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FLAG, gate_probabilities
@@ -369,7 +369,7 @@ class FittedDetector:
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> FittedDetector:
         """A model file back in memory. Without ``backbone`` the recorded backbone is
         loaded (``weights``: an explicit file); either way its weights must have the
