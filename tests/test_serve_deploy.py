@@ -198,3 +198,40 @@ def test_concurrent_requests_are_batched_and_never_mixed(fitted):
     # every pair went through the model together: three batches of two
     assert m[("trustad_batch_size_count", ())] == 3
     assert m[("trustad_batch_size_sum", ())] == 6
+
+
+def test_batcher_reports_a_failed_batch_to_each_request_and_drains_on_close(fitted):
+    from PIL import Image
+
+    from trustad.serve.batching import Batcher
+
+    model, images = fitted
+    batcher = Batcher(model, max_batch=2, max_wait_ms=WAIT_MS)
+    start = threading.Barrier(2)
+
+    def score(rgb):
+        start.wait()
+        try:
+            return batcher.score(rgb, maps=False)
+        except Exception as exc:
+            return exc
+
+    good = Image.open(images["test"][0]).convert("RGB")
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(score, [good, "no-such-file.png"]))
+    # one bad image fails its batch: both requests learn why, neither gets another's answer
+    assert all(isinstance(a, FileNotFoundError) for a in answers), answers
+    queued, put = threading.Event(), batcher.waiting.put
+
+    def put_and_tell(item):
+        put(item)
+        queued.set()
+
+    batcher.waiting.put = put_and_tell
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(batcher.score, good, False)
+        queued.wait(timeout=30)
+        batcher.close()  # the request already waiting is answered
+        assert waiting.result().score == pytest.approx(model.predict([good])[0].score, rel=1e-5)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher.score(good, maps=False)

@@ -123,19 +123,17 @@ def create_app(
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
 ) -> FastAPI:
     """The service for ``model``: the limits answer 413 beyond them; ``token`` (if any)
-    is required by every endpoint but ``/health``; up to ``max_batch`` concurrent images
+    is required by ``/predict``, ``/model`` and ``/metrics``; up to ``max_batch`` concurrent images
     are scored together, waiting at most ``max_wait_ms`` for the batch to fill."""
     if token is not None and not token.strip():
         raise ValueError("the service token is empty")
     monitor = Monitor()
-    batcher: Batcher | None = None
+    batcher = Batcher(model, max_batch, max_wait_ms, on_batch=monitor.observe_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal batcher
-        batcher = Batcher(model, max_batch, max_wait_ms, on_batch=monitor.observe_batch)
         yield
-        batcher.close()
+        batcher.close()  # answers the requests already waiting
 
     # FastAPIOffline serves the Swagger UI and ReDoc assets from its own package.
     app = FastAPIOffline(

@@ -54,20 +54,27 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.on_batch = on_batch
         self.waiting: queue.Queue[Pending | None] = queue.Queue()
+        self.closed = False
+        self.closing = threading.Lock()  # no request slips in behind the stop sign
         self.worker = threading.Thread(target=self._work, name="trustad-batcher", daemon=True)
         self.worker.start()
 
     def score(self, rgb: Image.Image, maps: bool) -> Prediction:
         """The prediction for ``rgb``, once its batch has been scored (blocks)."""
-        if not self.worker.is_alive():
-            raise RuntimeError("the service is shutting down")
         pending = Pending(rgb, maps)
-        self.waiting.put(pending)
+        with self.closing:
+            if self.closed:
+                raise RuntimeError("the service is shutting down")
+            self.waiting.put(pending)
         return pending.answer.result()
 
     def close(self) -> None:
         """Score what is already waiting, then stop the worker."""
-        self.waiting.put(None)
+        with self.closing:
+            if self.closed:
+                return
+            self.closed = True
+            self.waiting.put(None)
         self.worker.join()
 
     def _gather(self, first: Pending) -> tuple[list[Pending], bool]:
