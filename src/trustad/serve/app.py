@@ -123,8 +123,9 @@ def create_app(
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
 ) -> FastAPI:
     """The service for ``model``: the limits answer 413 beyond them; ``token`` (if any)
-    is required by ``/predict``, ``/model`` and ``/metrics``; up to ``max_batch`` concurrent images
-    are scored together, waiting at most ``max_wait_ms`` for the batch to fill."""
+    is required by ``/predict``, ``/model`` and ``/metrics``; up to ``max_batch``
+    concurrent images are scored together, waiting at most ``max_wait_ms`` for the batch
+    to fill."""
     if token is not None and not token.strip():
         raise ValueError("the service token is empty")
     monitor = Monitor()
@@ -141,7 +142,7 @@ def create_app(
         version=__version__,
         description="Few-shot anomaly detection with a calibrated probability, a conformal "
         "threshold and a do-not-trust flag. Concurrent requests are scored in batches."
-        + (" Every endpoint but /health needs the service's token (Authorize)." if token else ""),
+        + (" /predict, /model and /metrics need the service's token (Authorize)." if token else ""),
         lifespan=lifespan,
     )
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
@@ -195,17 +196,21 @@ def create_app(
     @app.middleware("http")  # added last: the outermost, so it sees every answer
     async def count_and_log(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path
-        monitor.observe(
-            request.method,
-            path,
-            path if path in routes else "other",
-            response.status_code,
-            time.perf_counter() - start,
-            getattr(request.state, "scored", None),
-        )
-        return response
+        status = 500  # unless an answer comes back
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            path = request.url.path
+            monitor.observe(
+                request.method,
+                path,
+                path if path in routes else "other",
+                status,
+                time.perf_counter() - start,
+                getattr(request.state, "scored", None),
+            )
 
     @app.get("/health")
     def health() -> dict[str, Any]:
