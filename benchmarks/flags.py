@@ -50,17 +50,21 @@ from trustad.flags import (
     FLAG_COSTS,
     FLAGS,
     FlagInputs,
-    abstaining_metrics,
-    as_label_tensor,
-    defender_perturbation,
-    fit_mixed_calibrator,
     flag_aware_score_loss,
+    flagging_auroc,
     gate_probabilities,
     make_flag,
+    rate_threshold,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
 from photo_set import PHOTO_CATEGORIES, make_photo_category  # noqa: E402
+from robust_calibration import (  # noqa: E402
+    abstaining_metrics,
+    as_label_tensor,
+    defender_perturbation,
+    fit_mixed_calibrator,
+)
 
 PROBE_ATTACKS = ("noise", "fgsm", "pgd")
 SCORE_ATTACKS = ("score-fgsm", "score-pgd")
@@ -223,7 +227,7 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
             }
         )
         ent_thr = {
-            n: cal.EntropyFlag(args.flag_rate).fit(cal.entropy(k.predict_proba(s_cal))).threshold_
+            n: rate_threshold(cal.entropy(k.predict_proba(s_cal)), args.flag_rate)
             for n, k in ent_cal.items()
         }
         x_cal_def = defender_perturbation(
@@ -255,7 +259,7 @@ def run_category(c: Category, backbone, args, done: dict) -> tuple[list[dict], l
                         attack=a,
                         eps=e,
                         flag=n,
-                        auroc=cal.flagging_auroc(clean_stats[n], v),
+                        auroc=flagging_auroc(clean_stats[n], v),
                         tpr=float(np.mean(v > thr)),
                         clean_ffr=float(np.mean(clean_stats[n] > thr)),
                         image_auroc=trustad.metrics.auroc(y_eval, s_adv),

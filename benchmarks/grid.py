@@ -140,10 +140,13 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("trustad.protocol", "Evaluation._calibration"),  # before
         ("trustad.evaluation.rows", "result_row"),  # after (image metrics inside: scoring)
         ("trustad.evaluation.rows", "clean_calibration"),  # calibrators fitted once per detector
+        ("trustad.model.trust", "TrustEngine.assess"),  # after the trust engine
     ],
     "flags": [
         ("trustad.evaluation.flagging", "UnitFlags.columns"),  # attack flags beyond entropy
         ("trustad.evaluation.flagging", "UnitFlags.gate"),  # the gate flag of every unit
+        ("trustad.model.trust", "TrustEngine.fit"),  # after: calibrators, conformal, flags
+        ("trustad.model.trust", "TrustEngine.flag_values"),
     ],
     "writing": [
         ("trustad.protocol", "ResultStore.add"),

@@ -17,7 +17,6 @@ from trustad.calibration import (
     CalibrationSplitError,
     Calibrator,
     ConformalThreshold,
-    EntropyFlag,
     IsotonicCalibrator,
     PlattCalibrator,
     TemperatureCalibrator,
@@ -28,12 +27,11 @@ from trustad.calibration import (
     ece,
     entropy,
     fit_calibrator_safely,
-    flagging_auroc,
     make_calibrator,
     nll,
     reliability_diagram,
-    tpr_at_fpr,
 )
+from trustad.flags import flagging_auroc, rate_threshold, tpr_at_fpr
 
 # ---------------------------------------------------------------------------------------
 # Metrics
@@ -134,7 +132,7 @@ def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_registry_and_protocol() -> None:
-    assert list(CALIBRATORS) == ["uncal", "platt", "temperature", "isotonic", "beta"]
+    assert list(CALIBRATORS) == ["uncal", "platt", "temperature", "isotonic", "beta", "bayes"]
     for name in CALIBRATORS:
         cal = make_calibrator(name)
         assert isinstance(cal, Calibrator) and cal.name == name
@@ -291,19 +289,19 @@ def test_entropy_flag_rate_on_its_own_data() -> None:
     for n in (7, 20, 33, 100, 101):
         for rate in (0.0, 0.05, 0.1, 0.29, 0.5):
             clean = rng.random(n)
-            flagger = EntropyFlag(rate).fit(clean)
-            flagged = np.sum(flagger.flag(clean))
+            threshold = rate_threshold(clean, rate)
+            flagged = np.sum(clean > threshold)
             assert flagged <= rate * n + 1e-9
             # Smallest such threshold: the next lower value would flag too many.
-            below = np.sort(clean)[np.sort(clean) < flagger.threshold_]
+            below = np.sort(clean)[np.sort(clean) < threshold]
             if below.size:
                 assert np.sum(clean > below[-1]) > rate * n + 1e-9
 
 
 def test_entropy_flag_with_ties() -> None:
     clean = np.array([0.1] * 10 + [0.5] * 10)
-    flagger = EntropyFlag(0.05).fit(clean)  # m = 20 - 1 = 19: threshold 0.5
-    assert flagger.threshold_ == 0.5 and not flagger.flag(clean).any()
+    threshold = rate_threshold(clean, 0.05)  # m = 20 - 1 = 19: threshold 0.5
+    assert threshold == 0.5 and not (clean > threshold).any()
 
 
 def test_flagging_auroc() -> None:

@@ -49,7 +49,7 @@ def test_fit_with_labelled_calibration(setup, capsys):
     out = capsys.readouterr().out
     assert "3 image(s) (shots: all): 00.png, 01.png, 02.png" in out
     assert "4 normal (good/), 3 anomalous (spot: 3)" in out
-    assert "probability  platt" in out and "conformal    alpha 0.5" in out
+    assert "probability  bayes" in out and "conformal    alpha 0.5" in out
     assert "flag         noise_level" in out and "decision     conformal" in out
     model = FittedDetector.load(tmp / "m.safetensors", weights=weights)
     assert model.calibrator_ is not None and model.flag_ is not None

@@ -25,9 +25,7 @@ from trustad.flags import (
     MedianDistanceFlag,
     NoiseLevelFlag,
     StabilityFlag,
-    abstaining_metrics,
     calibrated_flags,
-    fit_mixed_calibrator,
     flag_aware_score_loss,
     flag_columns,
     gate_probabilities,
@@ -197,27 +195,6 @@ def test_adaptive_loss_is_the_score_loss_plus_a_flag_term(detector):
         flag_aware_score_loss(detector, labels, make_flag("median"), 0.5)
     with pytest.raises(ValueError, match="score_scale"):
         flag_aware_score_loss(detector, labels, flag, 0.0)
-
-
-def test_mixed_calibrator_fits_clean_and_perturbed_scores_together():
-    clean = np.array([0.1, 0.2, 0.6, 0.7])
-    pert = np.array([0.4, 0.5, 0.3, 0.35])
-    y = np.array([0, 0, 1, 1])
-    got, _ = fit_mixed_calibrator("platt", clean, pert, y)
-    want = cal.make_calibrator("platt").fit(np.r_[clean, pert], np.r_[y, y])
-    assert got.a_ == pytest.approx(want.a_) and got.b_ == pytest.approx(want.b_)
-    with pytest.raises(ValueError, match="one of each"):
-        fit_mixed_calibrator("platt", clean, pert[:3], y)
-
-
-def test_abstaining_metrics_count_abstentions():
-    p = np.array([0.9, 0.1, 0.9, 0.2])
-    y = np.array([1, 0, 0, 0])
-    m = abstaining_metrics(p, y, [False, False, True, False])
-    assert m["abstention"] == 0.25
-    assert m["ece"] == pytest.approx(cal.ece(p[[0, 1, 3]], y[[0, 1, 3]]))
-    none_kept = abstaining_metrics(p, y, [True] * 4)
-    assert none_kept["abstention"] == 1.0 and math.isnan(none_kept["ece"])
 
 
 def test_flag_columns_for_the_runner():

@@ -19,7 +19,7 @@ from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
-from trustad.model.flags import image_statistics
+from trustad.flags import FlagInputs
 
 
 @pytest.fixture
@@ -44,6 +44,15 @@ def fitted(tiny_vit, images, **kw) -> FittedDetector:
     labels = [0] * len(images["cal_good"]) + [1] * len(images["cal_bad"])
     kw.setdefault("conformal_alpha", 0.5)
     return FittedDetector(tiny_vit, resolution=RES, **kw).fit(images["good"], cal, labels)
+
+
+def flag_values(model: FittedDetector, paths) -> np.ndarray:
+    """The fitted flag's statistic on images, computed outside ``predict``."""
+    det = model.detector
+    tensors, _ = det.runtime.preprocess(paths)
+    feats = det.features(tensors)
+    dists = det.distances_from_features(feats)
+    return model.flag_.statistic(FlagInputs(dists, feats, tensors))
 
 
 def test_save_load_predict_equal(tiny_vit, images, tmp_path):
@@ -72,10 +81,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
     preds = model.predict(images["test"], maps=False)
     scores = np.array([p.score for p in preds])
     probs = model.calibrator_.predict_proba(scores)
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, [model.flag], dists, tensors)[model.flag]
+    values = flag_values(model, images["test"])
     for p, prob, value in zip(preds, probs, values):
         assert p.anomaly_map is None
         assert p.probability == prob
@@ -87,10 +93,7 @@ def test_fields_follow_the_documented_rules(tiny_vit, images):
 
 def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
     model = fitted(tiny_vit, images)  # the default flag
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, ["noise_level"], dists, tensors)["noise_level"]
+    values = flag_values(model, images["test"])
     preds = model.predict(images["test"], maps=False)
     assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
     # Dense sign noise of 8/255 lifts the noise level of every image above the threshold.
@@ -111,10 +114,7 @@ def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
 
 def test_the_stability_flag_stays_available(tiny_vit, images):
     model = fitted(tiny_vit, images, flag="stability")
-    det = model.detector
-    tensors, _ = det.runtime.preprocess(images["test"])
-    dists = det.distances_from_features(det.features(tensors))
-    values = image_statistics(det, ["stability"], dists, tensors)["stability"]
+    values = flag_values(model, images["test"])
     preds = model.predict(images["test"], maps=False)
     assert [p.flag for p in preds] == list(values > model.flag_.threshold_)
 
@@ -138,11 +138,31 @@ def test_only_normal_calibration_gives_only_the_conformal_threshold(tiny_vit, im
     assert p.p_value is not None and isinstance(p.decision, bool)
 
 
-def test_no_calibration_no_decision(tiny_vit, images):
+def test_good_images_alone_give_p_values_and_a_flag(tiny_vit, images):
     model = FittedDetector(tiny_vit, resolution=RES).fit(images["good"])
+    # 3 support images scored leave-one-out: p-values in steps of 1/4; alpha 0.1 needs 9
+    # normal scores, so no decision yet (and no probability without anomalous images).
+    assert model.calibration_["n_leave_one_out"] == 3 and model.conformal_.threshold_ == np.inf
     (p,) = model.predict(images["test"][:1])
-    assert (p.probability, p.p_value, p.decision, p.entropy, p.flag) == (None,) * 5
+    assert p.probability is None and p.entropy is None and p.decision is None
+    assert p.p_value in (0.25, 0.5, 0.75, 1.0) and isinstance(p.flag, bool)
     assert model.settings()["support"][0]["name"] == "00.png"
+    loose = FittedDetector(tiny_vit, resolution=RES, conformal_alpha=0.5).fit(images["good"])
+    assert loose.decision_rule_ == "conformal"
+
+
+def test_a_leave_one_out_score_equals_a_refit_without_that_image(tiny_vit, images):
+    model = FittedDetector(tiny_vit, resolution=RES, rotate=True).fit(images["good"])
+    loo = np.sort(model.conformal_.calibration_scores_)
+    refits = []
+    for i, path in enumerate(images["good"]):
+        others = [p for j, p in enumerate(images["good"]) if j != i]
+        refits.append(
+            AnomalyDINO(tiny_vit, resolution=RES, rotate=True).fit(others).score([path])[0]
+        )
+    np.testing.assert_allclose(loo, np.sort(refits), rtol=1e-6)
+    # Scored against the whole bank, a support image is its own nearest neighbour.
+    assert np.allclose(model.detector.score(images["good"]), 0.0, atol=1e-5)
 
 
 def test_settings_record_provenance(tiny_vit, images, tmp_path):
@@ -157,7 +177,7 @@ def test_settings_record_provenance(tiny_vit, images, tmp_path):
         "name": good.name,
         "sha256": hashlib.sha256(good.read_bytes()).hexdigest(),
     }
-    assert s["calibrator"]["name"] == "platt" and "a_" in s["calibrator"]["params"]
+    assert s["calibrator"]["name"] == "bayes" and "a_" in s["calibrator"]["params"]
     assert s["conformal"]["alpha"] == 0.5 and s["flag"]["name"] == "noise_level"
     assert s["calibration"]["n_normal"] == 4 and s["calibration"]["n_anomalous"] == 3
 

@@ -391,7 +391,7 @@ def test_attack_flags_get_their_columns(dataset, tmp_path):
     # every gated probability is the calibration images' anomaly rate.
     scores = _read(tmp_path / "scores.csv")
     noisy = [r for r in scores if r["condition"] == "noise"]
-    assert attacked["gated_share"] == 1.0 and all(r["gated"] == "1" for r in noisy)
+    assert attacked["gated_share"] == 1.0 and all(r["flag"] == "1" for r in noisy)
     y_cal = [int(r["label"]) for r in noisy if r["split"] == "calibration"]
     y_eval = np.array([int(r["label"]) for r in noisy if r["split"] == "evaluation"])
     base_rate = np.full(len(y_eval), np.mean(y_cal))

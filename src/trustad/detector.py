@@ -304,6 +304,25 @@ class AnomalyDINO:
         self.memory_bank_ = memory_bank(flat, keep).to(self.device)
         return self
 
+    def leave_one_out_distances(self, support: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+        """Each support image's patch-distance grid against a bank built without any of its
+        views, its first view (unrotated) scored as a test image is; ``support`` holds each
+        image's view features. Empty with fewer than two images. The fitted bank is kept."""
+        if len(support) < 2:
+            return []
+        fitted = getattr(self, "memory_bank_", None)
+        out = []
+        try:
+            for i, views in enumerate(support):
+                self.fit_features([f for j, other in enumerate(support) if j != i for f in other])
+                out += self.distances_from_features([views[0]])
+        finally:
+            if fitted is None:
+                del self.memory_bank_
+            else:
+                self.memory_bank_ = fitted
+        return out
+
     def fit(self, support: Sequence[ImageInput]) -> AnomalyDINO:
         """Build the memory bank from a few normal images (paths, PIL images or arrays)."""
         if isinstance(support, (str, bytes)) or not isinstance(support, Sequence):

@@ -1,17 +1,16 @@
-"""Calibration, uncertainty and attack flagging (PROTOCOL section 6).
+"""Calibration and uncertainty (PROTOCOL section 6); attack flags live in ``trustad.flags``.
 
 - :mod:`.calibrators`: score -> probability maps (uncalibrated, Platt, temperature,
   isotonic, beta) and :func:`fit_calibrator_safely`;
 - :mod:`.metrics`: :func:`ece` (top-label), :func:`classwise_ece`, :func:`nll`,
   :func:`brier`, :func:`entropy`, :func:`reliability_diagram`;
-- :mod:`.flags`: attack flagging by entropy (:class:`EntropyFlag`, :func:`flagging_auroc`,
-  :func:`tpr_at_fpr`);
 - :mod:`.conformal`: :class:`ConformalThreshold`, a threshold with a guaranteed
   false-alarm rate;
 - :mod:`.split`: :func:`calibration_split`, the stratified calibration/evaluation split;
 - :mod:`.inputs`: the input checks they share.
 """
 
+from .bayes import BayesPlattCalibrator
 from .calibrators import (
     CALIBRATORS,
     BetaCalibrator,
@@ -24,7 +23,6 @@ from .calibrators import (
     make_calibrator,
 )
 from .conformal import ConformalThreshold
-from .flags import DEFAULT_FLAG_RATE, EntropyFlag, flagging_auroc, tpr_at_fpr
 from .metrics import brier, classwise_ece, ece, entropy, nll, reliability_diagram
 from .split import DEFAULT_CALIBRATION_FRACTION, CalibrationSplitError, calibration_split
 
@@ -35,9 +33,9 @@ __all__ = [
     "TemperatureCalibrator",
     "IsotonicCalibrator",
     "BetaCalibrator",
+    "BayesPlattCalibrator",
     "CALIBRATORS",
     "DEFAULT_CALIBRATION_FRACTION",
-    "DEFAULT_FLAG_RATE",
     "make_calibrator",
     "fit_calibrator_safely",
     "ece",
@@ -46,9 +44,6 @@ __all__ = [
     "brier",
     "entropy",
     "reliability_diagram",
-    "EntropyFlag",
-    "flagging_auroc",
-    "tpr_at_fpr",
     "ConformalThreshold",
     "CalibrationSplitError",
     "calibration_split",

@@ -18,6 +18,7 @@ from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
 from threadpoolctl import ThreadpoolController
 
+from .bayes import BayesPlattCalibrator
 from .inputs import as_labels, as_scores, clip_probs
 
 
@@ -237,6 +238,7 @@ CALIBRATORS: dict[str, type] = {
     "temperature": TemperatureCalibrator,
     "isotonic": IsotonicCalibrator,
     "beta": BetaCalibrator,
+    "bayes": BayesPlattCalibrator,
 }
 
 
@@ -252,7 +254,8 @@ def make_calibrator(name: str, **options: Any) -> Calibrator:
 
 
 # Calibrators with a parametric fit need two images of each class; isotonic needs both classes.
-_MIN_PER_CLASS = {"uncal": 0, "platt": 2, "temperature": 2, "beta": 2, "isotonic": 1}
+# Bayesian Platt needs one of each: its prior keeps the fit finite and honest.
+_MIN_PER_CLASS = {"uncal": 0, "platt": 2, "temperature": 2, "beta": 2, "isotonic": 1, "bayes": 1}
 
 
 def fit_calibrator_safely(

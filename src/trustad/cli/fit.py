@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..data import category_defaults, support_paths
+from ..evaluation.settings import parse_on_off
 from ..model import (
     DEFAULT_CALIBRATOR,
     DEFAULT_CONFORMAL_ALPHA,
@@ -53,25 +54,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--conformal-alpha",
         type=float,
         default=DEFAULT_CONFORMAL_ALPHA,
-        help="target false-alarm rate of the conformal threshold (default %(default)s)",
+        help="guaranteed false-alarm rate of the decision threshold (default: %(default)s). "
+        "Exact split-conformal on separate normal calibration images; pooled with the "
+        "support images scored leave-one-out it holds up to a bias towards fewer alarms "
+        "(each is scored against a bank one image smaller)",
     )
     p.add_argument(
         "--calibrator",
         choices=(*SAVABLE_CALIBRATORS, NONE),
         default=DEFAULT_CALIBRATOR,
-        help="how scores become probabilities (default %(default)s)",
+        help="probability from the score (default: %(default)s, Bayesian Platt scaling with a "
+        "weakly informative prior and a credible interval; platt: the paper's unregularised "
+        "fit, a step function on small separable sets); needs good and defect calibration "
+        "images",
     )
+    add_setting_options(p, ["platt_c", "platt_smooth"])
     p.add_argument(
         "--flag",
         choices=(*FLAGS, NONE),
         default=DEFAULT_FLAG,
-        help="the do-not-trust flag (default %(default)s)",
+        help="'do not trust this answer' flag (default: %(default)s)",
     )
     p.add_argument(
         "--false-flag-rate",
         type=float,
         default=DEFAULT_FALSE_FLAG_RATE,
-        help="share of clean calibration images the flag may raise on (default %(default)s)",
+        help="share of normal images (and their benign variants) the flag may fire on "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--leave-one-out",
+        type=parse_on_off,
+        default=True,
+        metavar="on|off",
+        help="score each support image against a bank without it, for p-values and a "
+        "threshold from good images alone (default: on)",
+    )
+    p.add_argument(
+        "--benign-envelope",
+        type=parse_on_off,
+        default=True,
+        metavar="on|off",
+        help="set pixel-only flag thresholds over benign variants of the normal images too: "
+        "camera noise up to 3 grey levels, JPEG >= 50, blur <= 1 px, lighting +-10 %%, "
+        "shifts <= 2 px (default: on)",
     )
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     add_setting_options(
@@ -117,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
         knn=args.knn,
         batch_size=args.batch_size,
         calibrator=None if args.calibrator == NONE else args.calibrator,
+        calibrator_options={"c": args.platt_c, "smooth_targets": args.platt_smooth}
+        if args.calibrator == "platt"
+        else None,
+        leave_one_out=args.leave_one_out,
+        benign_envelope=args.benign_envelope,
         conformal_alpha=args.conformal_alpha,
         flag=None if args.flag == NONE else args.flag,
         flag_options={"false_flag_rate": args.false_flag_rate},

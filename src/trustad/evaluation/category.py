@@ -26,12 +26,11 @@ from ..backbone.runtime import BackboneRuntime
 from ..data import CategoryData, Sample, load_mask
 from ..images import ImageReadError
 from ..metrics import PooledTruth
-from ..model import FittedDetector
+from ..model import Assessment, FittedDetector, TrustEngine
 from ..pixel_metrics import PixelTargets
-from .flagging import UnitFlags
+from .flagging import FlagInputCache
 from .nearest import NearestParts
 from .progress import Progress
-from .rows import CleanCalibration
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
@@ -49,7 +48,9 @@ class CategoryState:
     clean_features: list[Tensor] = field(default_factory=list)
     clean_foreground: list[Tensor] | None = None
     clean_distances: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
-    calibrations: dict[tuple[int, int], CleanCalibration] = field(default_factory=dict)
+    # The trust engine of each (shots, seed), and what it gives every clean test image.
+    trust: dict[tuple[int, int], TrustEngine] = field(default_factory=dict)
+    clean_fields: dict[tuple[int, int], Assessment] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     nearest: NearestParts = field(default_factory=NearestParts)  # bank search, per part
     perturbations: dict = field(default_factory=dict)  # L-inf/PSNR columns per attacked set
@@ -58,7 +59,7 @@ class CategoryState:
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device
     pixel_truth: PooledTruth | None = None  # the same in numpy, for the CPU's metrics
     model: FittedDetector | None = None  # the category's detector, refitted per unit
-    flags: UnitFlags | None = None  # attack flags, calibrated per (shots, seed)
+    flag_inputs: FlagInputCache = field(default_factory=FlagInputCache)
 
     @property
     def category(self) -> str:

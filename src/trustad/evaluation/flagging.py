@@ -1,113 +1,63 @@
-"""Attack flags of a unit: each flag thresholded on the clean calibration images of its
-(category, shots, seed), then measured on this condition's evaluation images against the
-clean ones (``trustad.flags``); the gate flag's decision on every test image; the flag an
-adaptive attacker keeps down."""
+"""Flag inputs of a category's image sets, and the flag columns of a unit.
+
+The flags themselves live in each (category, shots, seed)'s trust engine
+(``trustad.model.TrustEngine``), fitted on the clean calibration images; here the
+inputs they read are built so that the values of image-only flags (the noise level) are
+computed once per image set, and the measured flags' columns are read off the fields the
+engine gave the clean and the current test images.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
-import numpy as np
 from torch import Tensor
 
-from ..detector import AnomalyDINO
-from ..flags.base import BaseFlag, FlagInputs
-from ..flags.columns import calibrated_flags, columns_from_values
+from ..flags import FlagInputs
+from ..flags.columns import columns_from_values
+from ..model import Assessment, TrustEngine
 from .rows import Split
 
-UnitKey = tuple[int, int]  # (shots, seed)
-Batch = tuple[list[Tensor], list[Tensor], list[Tensor]]  # distances, features, images
 # Image sets whose image-only flag values are kept: the clean set and the attacked set in
 # use (a probe attack's set serves every shot count of its seed).
 MEMO_SETS = 2
 
 
-class UnitFlags:
-    """The calibrated flags of one category, per (shots, seed): the measured ``names`` and
-    the ``gate`` flag (None: no gate). Each flag is calibrated once per detector and
-    shared by every condition."""
+class ScoredSet(NamedTuple):
+    """What the flags read of a set of test images, in test order."""
 
-    def __init__(self, names: Sequence[str], false_flag_rate: float, gate: str | None) -> None:
-        self.names = list(names)
-        self.rate = false_flag_rate
-        self.gate_name = gate
-        self._flags: dict[UnitKey, dict[str, BaseFlag]] = {}
-        self._clean_values: dict[UnitKey, dict[str, np.ndarray]] = {}
-        # id(images list) -> (the list, kept alive so that its id stays its own; memo)
-        self._memos: dict[int, tuple[list[Tensor], dict[str, Tensor]]] = {}
+    distances: list[Tensor]
+    features: list[Tensor]
+    images: Sequence[Tensor]
 
-    def inputs(self, batch: Batch) -> FlagInputs:
-        """The flags' inputs for a batch; values of image-only flags are shared by every
-        batch with the same images list (the noise level of a set is computed once)."""
-        images = batch[2]
+
+class FlagInputCache:
+    """Flag inputs per image set; image-only flag values are shared by every batch with the
+    same images (the noise level of a set is computed once)."""
+
+    def __init__(self) -> None:
+        # id(images) -> (the images, kept alive so that its id stays its own; memo)
+        self._memos: dict[int, tuple[Sequence[Tensor], dict[str, Tensor]]] = {}
+
+    def inputs(self, scored: ScoredSet) -> FlagInputs:
+        images = scored.images
         if id(images) not in self._memos:
             if len(self._memos) >= MEMO_SETS:
                 del self._memos[next(iter(self._memos))]
             self._memos[id(images)] = (images, {})
-        return FlagInputs(*batch, memo=self._memos[id(images)][1])
+        return FlagInputs(
+            scored.distances, scored.features, list(images), memo=self._memos[id(images)][1]
+        )
 
-    def flag(
-        self, key: UnitKey, name: str, detector: AnomalyDINO, split: Split, clean: FlagInputs
-    ) -> BaseFlag:
-        """Flag ``name`` calibrated on the clean calibration images of ``key``; ``detector``
-        must be fitted for ``key``."""
-        flags = self._flags.setdefault(key, {})
-        if name not in flags:
-            if len(split.calibration) == 0:
-                raise ValueError(f"flag {name!r} needs calibration images for its threshold")
-            calibration = clean.subset(split.calibration)
-            flags[name] = calibrated_flags(detector, calibration, [name], self.rate)[name]
-        return flags[name]
 
-    def gate(
-        self,
-        key: UnitKey,
-        detector: AnomalyDINO,
-        split: Split,
-        clean: Batch,
-        current: Batch,
-        notes: list[str],
-    ) -> np.ndarray | None:
-        """Where the gate flag fires on this condition's test images (all of them, in
-        order); None without a gate or when it cannot be computed (said in ``notes``)."""
-        if self.gate_name is None:
-            return None
-        if len(split.calibration) == 0:
-            notes.append("gate: no calibration images to set its threshold")
-            return None
-        try:
-            clean_inputs, inputs = self.inputs(clean), self.inputs(current)
-        except ValueError as exc:
-            notes.append(f"gate left out: {exc}")
-            return None
-        flag = self.flag(key, self.gate_name, detector, split, clean_inputs)
-        return flag.predict(flag.statistic(inputs))
-
-    def columns(
-        self,
-        key: UnitKey,
-        detector: AnomalyDINO,
-        split: Split,
-        clean: Batch,
-        attacked: Batch,
-        notes: list[str],
-    ) -> dict[str, float]:
-        """``clean`` and ``attacked`` are (distances, features, images) of every test
-        image; ``detector`` must be fitted for ``key``."""
-        if not self.names:
-            return {}
-        if len(split.calibration) == 0:
-            notes.append("flags: no calibration images to set their thresholds")
-            return {}
-        try:
-            clean_inputs, attacked_inputs = self.inputs(clean), self.inputs(attacked)
-        except ValueError as exc:  # test images of several sizes cannot form one batch
-            notes.append(f"flags left out: {exc}")
-            return {}
-        flags = {n: self.flag(key, n, detector, split, clean_inputs) for n in self.names}
-        values = self._clean_values.setdefault(key, {})
-        clean_eval = clean_inputs.subset(split.evaluation)
-        for name, flag in flags.items():
-            if name not in values:
-                values[name] = flag.statistic(clean_eval)
-        return columns_from_values(flags, values, attacked_inputs.subset(split.evaluation))
+def flag_columns(
+    names: Sequence[str], trust: TrustEngine, clean: Assessment, current: Assessment, split: Split
+) -> dict[str, float]:
+    """``flag_auroc_<name>``, ``flag_tpr_<name>`` and ``flag_ffr_<name>`` of each measured
+    flag on the evaluation images: this condition's against the clean ones."""
+    idx = split.evaluation
+    flags = {n: trust.flags_[n] for n in names if n in trust.flags_ and n in current.flag_values}
+    clean_values = {n: clean.flag_values[n][idx] for n in flags}
+    current_values = {n: current.flag_values[n][idx] for n in flags}
+    return columns_from_values(flags, clean_values, current_values)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,9 +13,10 @@ from torch import Tensor
 from .. import calibration as cal
 from .. import metrics
 from ..attacks import linf, psnr
-from ..flags.robust import gate_probabilities
+from ..flags import flagging_auroc, tpr_at_fpr
+from ..model import Assessment, TrustEngine
 from .settings import CLEAN
-from .store import FLAGGED_CALIBRATORS, TIMING_COLUMNS
+from .store import FLAGGED_CALIBRATORS, PREDICTION_COLUMNS, TIMING_COLUMNS
 
 IMAGE_LABEL_PROBE = "probe trained on image labels: no masks, every patch takes its image's label"
 
@@ -54,69 +54,17 @@ def calibration_split(labels: np.ndarray, fraction: float, seed: int) -> Split:
         return Split(np.array([], dtype=int), np.arange(len(labels)), note)
 
 
-@dataclass(frozen=True)
-class CalibrationOptions:
-    calibrator_options: dict[str, dict[str, Any]]  # constructor options per calibrator
-    flag_rate: float
-    conformal_alpha: float
-
-
-def fitted_calibrators(
-    clean_scores: np.ndarray, labels: np.ndarray, split: Split, options: CalibrationOptions
-) -> tuple[dict[str, cal.Calibrator], list[str]]:
-    """Every calibrator fitted on the clean calibration scores, and notes on fallbacks."""
-    fitted, notes = {}, []
-    idx = split.calibration
-    for name in cal.CALIBRATORS:
-        if len(idx):
-            calibrator, note = cal.fit_calibrator_safely(
-                name, clean_scores[idx], labels[idx], **options.calibrator_options.get(name, {})
-            )
-        else:
-            calibrator, note = cal.make_calibrator("uncal"), None
-        if note:
-            notes.append(note)  # names the calibrator already
-        fitted[name] = calibrator
-    return fitted, notes
-
-
-def probabilities(calibrators: dict[str, cal.Calibrator], scores: np.ndarray) -> dict:
-    return {name: c.predict_proba(scores) for name, c in calibrators.items()}
-
-
-@dataclass(frozen=True)
-class CleanCalibration:
-    """Every calibrator fitted on the clean calibration scores of one detector (category,
-    shots, seed), the notes on their fallbacks, and every clean test image's probabilities:
-    the same for every condition scored with that detector, so fitted once for all."""
-
-    scores: np.ndarray  # clean scores of every test image
-    calibrators: dict[str, cal.Calibrator]
-    notes: list[str]
-    probs: dict[str, np.ndarray]
-
-
-def clean_calibration(
-    clean_scores: np.ndarray, labels: np.ndarray, split: Split, options: CalibrationOptions
-) -> CleanCalibration:
-    calibrators, notes = fitted_calibrators(clean_scores, labels, split, options)
-    return CleanCalibration(
-        clean_scores, calibrators, notes, probabilities(calibrators, clean_scores)
-    )
-
-
 def score_rows(
     unit: Unit,
     image_ids: Sequence[str],
     labels: np.ndarray,
     split: Split,
-    scores: np.ndarray,
-    probs: dict[str, np.ndarray],
-    gated: np.ndarray | None = None,
+    fields: Assessment,
 ) -> list[dict[str, Any]]:
-    """One scores.csv row per test image, with its probability under every calibrator and
-    whether the gate flag fired on it (blank without a gate)."""
-    in_cal = np.zeros(len(scores), dtype=bool)
+    """One scores.csv row per test image: its score, its probability under every
+    calibrator, and the fields of the prediction the unit's trust engine gives it (blank
+    where it gives none)."""
+    in_cal = np.zeros(len(fields.score), dtype=bool)
     in_cal[split.calibration] = True
     key = unit.to_dict()
     return [
@@ -125,12 +73,28 @@ def score_rows(
             image=image_id,
             label=int(labels[i]),
             split="calibration" if in_cal[i] else "evaluation",
-            score=float(scores[i]),
-            **{f"prob_{name}": float(p[i]) for name, p in probs.items()},
-            gated="" if gated is None else int(gated[i]),
+            score=float(fields.score[i]),
+            **{f"prob_{name}": float(p[i]) for name, p in fields.probabilities.items()},
+            **{
+                name: "" if value is None else _csv_value(value)
+                for name, value in fields.prediction_fields(i).items()
+                if name in PREDICTION_COLUMNS
+            },
+            **_interval_columns(fields, i),
         )
         for i, image_id in enumerate(image_ids)
     ]
+
+
+def _interval_columns(fields: Assessment, i: int) -> dict[str, Any]:
+    interval = fields.probability_interval
+    if interval is None:
+        return {"probability_low": "", "probability_high": ""}
+    return {"probability_low": float(interval[i, 0]), "probability_high": float(interval[i, 1])}
+
+
+def _csv_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
 
 
 def calibration_columns(
@@ -156,23 +120,22 @@ def calibration_columns(
         if flagged and name in FLAGGED_CALIBRATORS:
             h_clean = cal.entropy(clean_probs[name][idx])
             h_adv = cal.entropy(p)
-            out[f"flag_auroc_{name}"] = cal.flagging_auroc(h_clean, h_adv)
-            out[f"flag_tpr_{name}"] = cal.tpr_at_fpr(h_clean, h_adv, flag_rate)
+            out[f"flag_auroc_{name}"] = flagging_auroc(h_clean, h_adv)
+            out[f"flag_tpr_{name}"] = tpr_at_fpr(h_clean, h_adv, flag_rate)
     return out
 
 
-def gated_columns(
-    probs: dict[str, np.ndarray], labels: np.ndarray, split: Split, fired: np.ndarray
-) -> dict[str, float]:
+def gated_columns(fields: Assessment, labels: np.ndarray, split: Split, trust: TrustEngine) -> dict:
     """Calibration metrics of the evaluation part after the gate: where the gate flag
-    ``fired`` (one decision per test image), the probability is the anomaly rate of the
-    calibration images. ``gated_share``: the share of evaluation images gated."""
+    (``fields.flag``) fired, every calibrator's probability is the anomaly rate of the
+    calibration images (``trust.gate``). ``gated_share``: the share of evaluation images
+    gated."""
     idx = split.evaluation
-    y, gate = labels[idx], fired[idx]
-    base_rate = float(labels[split.calibration].mean())
+    y, gate = labels[idx], fields.flag[idx]
+    probs = fields.probabilities
     out = {"gated_share": float(gate.mean())}
     for name, p_all in probs.items():
-        p = gate_probabilities(p_all[idx], gate, base_rate)
+        p = trust.gate(p_all[idx], gate)
         out[f"gated_ece_{name}"] = cal.ece(p, y)
         out[f"gated_nll_{name}"] = cal.nll(p, y)
         out[f"gated_brier_{name}"] = cal.brier(p, y)
@@ -180,23 +143,15 @@ def gated_columns(
 
 
 def conformal_columns(
-    normal_calibration: np.ndarray,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    alpha: float,
-    notes: list[str],
+    trust: TrustEngine, scores: np.ndarray, labels: np.ndarray, notes: list[str]
 ) -> dict[str, float]:
-    """The conformal threshold on normal calibration scores; its false-alarm rate and
-    true-positive rate on ``scores``."""
-    if len(normal_calibration) == 0:
+    """The trust engine's conformal threshold; its false-alarm rate and true-positive rate
+    on ``scores``."""
+    if trust.conformal_ is None:
         notes.append("conformal: no normal calibration image")
         return {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        conformal = cal.ConformalThreshold(alpha).fit(normal_calibration)
-    notes += [f"conformal: {w.message}" for w in caught]
-    flagged = conformal.predict(scores).astype(bool)
-    out = {"conformal_threshold": conformal.threshold_}
+    flagged = trust.conformal_.predict(scores).astype(bool)
+    out = {"conformal_threshold": trust.conformal_.threshold_}
     if (labels == 0).any():
         out["conformal_far"] = float(flagged[labels == 0].mean())
     if (labels == 1).any():
@@ -222,40 +177,35 @@ def perturbation_columns(images: Sequence[Tensor], attacked: Sequence[Tensor]) -
 def result_row(
     unit: Unit,
     labels: np.ndarray,
-    scores: np.ndarray,
-    clean: np.ndarray | CleanCalibration,
+    fields: Assessment,
+    clean: Assessment,
+    trust: TrustEngine,
     split: Split,
-    options: CalibrationOptions,
+    flag_rate: float,
     notes: Sequence[str] = (),
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The results.csv row of one unit without its pixel and perturbation columns, and the
-    probabilities of every test image under every calibrator (for scores.csv).
-
-    Calibrators are fitted on the clean calibration scores of the same (category, shots,
-    seed) (``clean``: those scores, or the ``clean_calibration`` made of them); metrics use
-    this condition's evaluation part; flagging compares with the clean evaluation part."""
-    if not isinstance(clean, CleanCalibration):
-        clean = clean_calibration(clean, labels, split, options)
+) -> dict[str, Any]:
+    """The results.csv row of one unit without its pixel, flag and perturbation columns:
+    detection metrics of its scores, calibration metrics of its probabilities (the trust
+    engine was fitted on the clean calibration part of the same (category, shots, seed);
+    metrics use this condition's evaluation part; entropy flagging compares with the
+    ``clean`` fields) and the conformal threshold's rates."""
     all_notes = [split.note] if split.note else []
     all_notes += notes
-    clean_scores, clean_probs, fit_notes = clean.scores, clean.probs, clean.notes
-    same = np.array_equal(scores, clean_scores)  # a clean unit: its probabilities are known
-    probs = clean_probs if same else probabilities(clean.calibrators, scores)
+    scores = fields.score
     row: dict[str, Any] = dict(unit.to_dict(), n_images=len(scores), n_anomalous=int(labels.sum()))
     row.update(metrics.image_metrics(labels, scores))
     attacked = unit.condition != CLEAN
-    row.update(calibration_columns(probs, clean_probs, labels, split, attacked, options.flag_rate))
-    all_notes += fit_notes
-    cal_idx, eval_idx = split.calibration, split.evaluation
-    normal_cal = clean_scores[cal_idx][labels[cal_idx] == 0]
     row.update(
-        conformal_columns(
-            normal_cal, scores[eval_idx], labels[eval_idx], options.conformal_alpha, all_notes
+        calibration_columns(
+            fields.probabilities, clean.probabilities, labels, split, attacked, flag_rate
         )
     )
-    row["n_calibration"], row["n_evaluation"] = len(cal_idx), len(eval_idx)
+    all_notes += trust.notes_
+    eval_idx = split.evaluation
+    row.update(conformal_columns(trust, scores[eval_idx], labels[eval_idx], all_notes))
+    row["n_calibration"], row["n_evaluation"] = len(split.calibration), len(eval_idx)
     row["note"] = "; ".join(dict.fromkeys(all_notes))
-    return row, probs
+    return row
 
 
 def share_seconds(seconds: dict[str, float], n: int) -> dict[str, float]:

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import batches
-from ..calibration import CALIBRATORS
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -31,21 +30,19 @@ from ..detector import AnomalyDINO
 from ..flags import flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
-from ..model import FittedDetector
+from ..model import MODEL_SUFFIX, Assessment, FittedDetector, TrustEngine, flag_reference
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
-from .flagging import UnitFlags
+from .flagging import FlagInputCache, ScoredSet, flag_columns
 from .plan import Group, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
-    CalibrationOptions,
     Split,
     Unit,
     calibration_split,
-    clean_calibration,
     gated_columns,
     perturbation_columns,
     pixel_columns,
@@ -89,11 +86,6 @@ class Evaluation:
         self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
         self.computed = 0  # units computed by this run
         self.already_done = 0  # units found done in the output folder
-        self.calibration_options = CalibrationOptions(
-            {name: settings.calibrator_options(name) for name in CALIBRATORS},
-            settings.flag_rate,
-            settings.conformal_alpha,
-        )
 
     @property
     def backbone_images(self) -> int:
@@ -151,7 +143,7 @@ class Evaluation:
         with self.clock("features"):
             st = load_state(data, self.runtime, self.log, self._skip)
             st.model = self._model(category)
-            st.flags = UnitFlags(self.s.flag_names(), self.s.flag_rate, self.s.gate())
+            st.flag_inputs = FlagInputCache()
             det = st.model.detector
             pending = readable_support(st, det, self.runtime, self.log, self._skip, pending)
         st.clean_features = self._features(st, st.images, "clean features")
@@ -191,8 +183,8 @@ class Evaluation:
 
     def _model(self, category: str) -> FittedDetector:
         """The detector ``trustad fit`` builds, for a category: the table's defaults unless
-        the settings override. Calibration is the rows' job here: every calibrator is
-        fitted per unit, so the model carries none."""
+        the settings override; its trust engine fits every calibrator and every flag of the
+        study (``EvaluationSettings.trust``), once per (shots, seed)."""
         defaults = category_defaults(self.s.dataset, category, self.s.preprocessing)
         return FittedDetector(
             self.runtime,
@@ -201,9 +193,7 @@ class Evaluation:
             mask_support=self.s.mask_support,
             mask_morphology=self.s.mask_morphology,
             knn=self.s.knn,
-            calibrator=None,
-            conformal_alpha=None,
-            flag=None,
+            trust=self.s.trust(),
         )
 
     def _skip(self, message: str) -> None:
@@ -241,28 +231,26 @@ class Evaluation:
         key = (unit.shots, unit.seed)
         if attacked is None:
             st.clean_distances[key] = dists
-        clean_dists = self._clean_distances(st, det, unit.shots, unit.seed)
-        if key not in st.calibrations:  # fitted once per detector, for every condition
-            st.calibrations[key] = clean_calibration(
-                det.scores_from_distances(clean_dists), st.labels, split, self.calibration_options
-            )
-        clean = st.calibrations[key]
         notes = list(st.notes)
+        if len(split.calibration) == 0:
+            if self.s.flag_names():
+                notes.append("flags: no calibration images to set their thresholds")
+            if self.s.gate() is not None:
+                notes.append("gate: no calibration images to set its threshold")
+        trust = self._trust(st, det, key, split)
+        clean = self._clean_fields(st, det, key)
+        fields = clean
         flag_cols = {}
-        clean_batch = (clean_dists, st.clean_features, st.images)
-        current = (dists, features, attacked or st.images)
         if attacked is not None:
             attack = self.s.attack(unit.condition, unit.eps)
             if attack.needs_objective and not attack.targets_score and st.masks is None:
                 notes.append(IMAGE_LABEL_PROBE)
-            flag_cols = st.flags.columns(key, det, split, clean_batch, current, notes)
-        gated = st.flags.gate(key, det, split, clean_batch, current, notes)
-        row, probs = result_row(
-            unit, st.labels, scores, clean, split, self.calibration_options, notes
-        )
+            fields = self._assess(trust, scores, ScoredSet(dists, features, attacked), st)
+            flag_cols = flag_columns(self.s.flag_names(), trust, clean, fields, split)
+        row = result_row(unit, st.labels, fields, clean, trust, split, self.s.flag_rate, notes)
         row.update(flag_cols)
-        if gated is not None:
-            row.update(gated_columns(probs, st.labels, split, gated))
+        if fields.flag is not None:
+            row.update(gated_columns(fields, st.labels, split, trust))
         if self.s.pixel_metrics and st.masks is not None:
             desc = f"[{st.category}] pixel metrics"
             with self.log.bar(desc, 1, "step") as bar:
@@ -274,7 +262,7 @@ class Evaluation:
                 st.perturbations[test_set] = perturbation_columns(st.images, attacked)
             row.update(st.perturbations[test_set])
         image_ids = [t.image_id for t in st.data.test]
-        per_image = score_rows(unit, image_ids, st.labels, split, scores, probs, gated)
+        per_image = score_rows(unit, image_ids, st.labels, split, fields)
         if self.s.save_examples and unit.shots == self.s.shots[0] and unit.seed == 0:
             save_examples(
                 self.store.out / "examples" / st.category,
@@ -288,6 +276,65 @@ class Evaluation:
                 self.s.save_examples,
             )
         return row, per_image
+
+    def _trust(
+        self, st: CategoryState, det: AnomalyDINO, key: tuple[int, int], split: Split
+    ) -> TrustEngine:
+        """The trust engine of (shots, seed) = ``key``, fitted once on the clean calibration
+        images by the category's detector (whose bank must be fitted for ``key``), exactly as
+        `trustad fit` calibrates; written to --save-models when asked."""
+        if key not in st.trust:
+            model, cal, labels = st.model, split.calibration, st.labels
+            clean_dists = self._clean_distances(st, det, *key)
+            scores = det.scores_from_distances(clean_dists)
+            normal = cal[labels[cal] == 0]
+            reference, left_out = [], None
+            if len(normal) and model.trust_options.flags:
+                clean = ScoredSet(clean_dists, st.clean_features, st.images)
+                try:
+                    inputs = st.flag_inputs.inputs(clean).subset(normal)
+                    envelope = model.trust_options.benign_envelope
+                    reference = [flag_reference(inputs, scores[normal], envelope, key[1])]
+                except ValueError as exc:  # test images of several sizes form no batch
+                    left_out = f"flags left out: {exc}"
+            paths = select_support(st.data.train, key[0], key[1])
+            loo = det.leave_one_out_distances([st.support_features[p] for p in paths])
+            model.calibrate(
+                scores[cal],
+                labels[cal],
+                reference=reference,
+                leave_one_out_scores=det.scores_from_distances(loo),
+                normal_distances=[clean_dists[i] for i in normal] + loo,
+            )
+            if left_out:
+                model.trust_.notes_.append(left_out)
+            st.trust[key] = model.trust_
+            if self.s.save_models:
+                shots, seed = key
+                name = f"{st.category}-{shots}shot-seed{seed}{MODEL_SUFFIX}"
+                model.save(Path(self.s.save_models) / name)
+        return st.trust[key]
+
+    def _clean_fields(
+        self, st: CategoryState, det: AnomalyDINO, key: tuple[int, int]
+    ) -> Assessment:
+        """What the trust engine of ``key`` gives every clean test image (once per key)."""
+        if key not in st.clean_fields:
+            dists = self._clean_distances(st, det, *key)
+            scored = ScoredSet(dists, st.clean_features, st.images)
+            scores = det.scores_from_distances(dists)
+            st.clean_fields[key] = self._assess(st.trust[key], scores, scored, st)
+        return st.clean_fields[key]
+
+    def _assess(
+        self, trust: TrustEngine, scores: np.ndarray, scored: ScoredSet, st: CategoryState
+    ) -> Assessment:
+        """The trust engine's fields for a scored image set (no flags when its images do
+        not form one batch: the engine then has none either)."""
+        values = {}
+        if trust.flags_:
+            values = trust.flag_values(scores, st.flag_inputs.inputs(scored))
+        return trust.assess(scores, values)
 
     def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
         """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
@@ -358,8 +405,12 @@ class Evaluation:
         if name != "adaptive":
             return lambda idx: score_loss(det, labels[idx])
         clean_dists = self._clean_distances(st, det, shots, seed)
-        clean = st.flags.inputs((clean_dists, st.clean_features, st.images))
-        flag = st.flags.flag((shots, seed), self.s.adaptive_flag, det, split, clean)
+        flag = self._trust(st, det, (shots, seed), split).flags_.get(self.s.adaptive_flag)
+        if flag is None:
+            raise ValueError(
+                f"the adaptive attack needs the {self.s.adaptive_flag} flag fitted on "
+                "calibration images; this category has none (see the notes)"
+            )
         spread = float(np.std(det.scores_from_distances(clean_dists)[split.calibration]))
         lam = self.s.adaptive_lambda
         return lambda idx: flag_aware_score_loss(det, labels[idx], flag, max(spread, 1e-6), lam)

@@ -17,10 +17,11 @@ from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, Prob
 from ..backbone.preprocess import DEFAULT_RESOLUTION
 from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..backbone.weights import DEFAULT_BACKBONE
-from ..calibration import DEFAULT_CALIBRATION_FRACTION, DEFAULT_FLAG_RATE
+from ..calibration import CALIBRATORS, DEFAULT_CALIBRATION_FRACTION
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
 from ..flags import (
+    DEFAULT_FALSE_FLAG_RATE,
     DEFAULT_FLAG,
     DEFAULT_LAMBDA,
     FLAG_COSTS,
@@ -28,7 +29,12 @@ from ..flags import (
     ZERO_COST_FLAGS,
     CombinedFlag,
 )
-from ..model import DEFAULT_CONFORMAL_ALPHA
+from ..model import (
+    DEFAULT_CALIBRATOR,
+    DEFAULT_CONFORMAL_ALPHA,
+    SAVABLE_CALIBRATORS,
+    TrustOptions,
+)
 
 CLEAN = "clean"
 MAX_RESOLUTION = 4480  # 320 x 320 patches: beyond this one image's features do not fit
@@ -218,8 +224,16 @@ class EvaluationSettings:
         "0/1: less overconfident on small or separable calibration sets",
         group="calibration",
     )
+    calibrator: str = option(
+        DEFAULT_CALIBRATOR,
+        "the calibrator of the prediction fields (scores.csv's probability, decision and "
+        "gated_probability; --save-models), as `trustad fit --calibrator`; every calibrator's "
+        "metrics are measured either way",
+        group="calibration",
+        choices=SAVABLE_CALIBRATORS,
+    )
     flag_rate: float = option(
-        DEFAULT_FLAG_RATE,
+        DEFAULT_FALSE_FLAG_RATE,
         "false-flag rate of the attack flags' thresholds on clean calibration images",
         group="calibration",
     )
@@ -245,6 +259,14 @@ class EvaluationSettings:
         group="calibration",
     )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
+    save_models: str | None = option(
+        None,
+        "write each (category, shots, seed)'s fitted detector, as `trustad fit` would, to "
+        "DIR/<category>-<shots>shot-seed<seed>.safetensors: `trustad predict` with it gives "
+        "scores.csv's fields",
+        group="output",
+        metavar="DIR",
+    )
     save_examples: int = option(
         0,
         "save N test images (from 2 on, one of them normal) with their maps per category and "
@@ -331,6 +353,21 @@ class EvaluationSettings:
     def flag_names(self) -> list[str]:
         return [f for f in self.flags if f != "none"]
 
+    def trust(self) -> TrustOptions:
+        """What each (category, shots, seed)'s trust engine fits: every calibrator (the
+        prediction's first), the conformal threshold, and the gate flag (first) with the
+        measured flags and the flag the adaptive attacker keeps down."""
+        calibrators = (self.calibrator, *(c for c in CALIBRATORS if c != self.calibrator))
+        attacker = [self.adaptive_flag] if "adaptive" in self.attacks else []
+        return TrustOptions(
+            calibrators=calibrators,
+            calibrator_options={c: self.calibrator_options(c) for c in calibrators},
+            conformal_alpha=self.conformal_alpha,
+            flag=self.gate(),
+            other_flags=tuple(dict.fromkeys([*self.flag_names(), *attacker])),
+            false_flag_rate=self.flag_rate,
+        )
+
     def gate(self) -> str | None:
         return None if self.gate_flag == "none" else self.gate_flag
 
@@ -365,8 +402,18 @@ class EvaluationSettings:
 
 # Settings that may differ when a run is resumed: they do not change any result.
 RESUME_FREE = frozenset(
-    {"categories", "batch_size", "save_examples", "attacks", "eps", "shots", "seeds", "flags"}
+    {
+        "categories",
+        "batch_size",
+        "save_examples",
+        "save_models",
+        "attacks",
+        "eps",
+        "shots",
+        "seeds",
+        "flags",
+    }
 )
 # Settings that may differ between the folders merged into one run: how the work was split
 # and run, never what was computed.
-MERGE_FREE = frozenset({"shard", "batch_size", "save_examples"})
+MERGE_FREE = frozenset({"shard", "batch_size", "save_examples", "save_models"})

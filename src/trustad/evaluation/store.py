@@ -21,7 +21,16 @@ from .settings import RESUME_FREE, EvaluationSettings
 
 KEY_COLUMNS = ("dataset", "category", "shots", "seed", "condition", "eps")
 SCORE_KEY_COLUMNS = (*KEY_COLUMNS, "image", "label", "split", "score")
-SCORE_COLUMNS = (*SCORE_KEY_COLUMNS, *(f"prob_{c}" for c in cal.CALIBRATORS), "gated")
+# The fields of a prediction (``trustad predict``) that the unit's trust engine gives each
+# test image; "flag" is the gate flag's decision.
+PREDICTION_COLUMNS = ("probability", "p_value", "decision", "flag", "gated_probability")
+SCORE_COLUMNS = (
+    *SCORE_KEY_COLUMNS,
+    *(f"prob_{c}" for c in cal.CALIBRATORS),
+    *PREDICTION_COLUMNS,
+    "probability_low",
+    "probability_high",
+)
 DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
 PIXEL_COLUMNS = ("pixel_auroc", "aupro")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "nll", "brier", "entropy")

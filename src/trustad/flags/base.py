@@ -17,10 +17,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from .. import calibration as cal
-
-DEFAULT_FALSE_FLAG_RATE = cal.DEFAULT_FLAG_RATE
-INPUT_KINDS = ("distances", "features", "images")
+from .threshold import DEFAULT_FALSE_FLAG_RATE, rate_threshold
 
 
 def _stack(items: Tensor | Sequence[Tensor] | None, what: str) -> Tensor | None:
@@ -44,7 +41,8 @@ class FlagInputs:
     ``distances`` (B, h, w): patch-distance grids as the detector scores them (masked where
     ``mask_test`` is on); ``features`` (B, h, w, D): the patch features; ``images``
     (B, 3, H, W) in [0, 1]: the preprocessed images (needed only by flags that read
-    pixels). Lists of equally-shaped tensors are stacked.
+    pixels); ``probabilities`` (B,): calibrated probabilities of anomaly (needed only by the
+    entropy flag). Lists of equally-shaped tensors are stacked.
 
     ``memo`` keeps the values of flags that read the images alone (``image_only``), per
     flag name, for every image of the batch: pass the same dict for the same images (with
@@ -54,18 +52,23 @@ class FlagInputs:
     distances: Tensor
     features: Tensor | None = None
     images: Tensor | None = None
+    probabilities: Tensor | None = None
     memo: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
     parent: FlagInputs | None = field(default=None, repr=False, compare=False)
     index: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.distances = _stack(self.distances, "distance grids")
+        if self.distances is None:  # flags that need no map (entropy)
+            self.distances = torch.zeros(len(self.probabilities), 0, 0)
         self.features = _stack(self.features, "patch features")
         self.images = _stack(self.images, "images")
+        if self.probabilities is not None:
+            self.probabilities = torch.as_tensor(np.asarray(self.probabilities, dtype=np.float64))
         if self.distances.ndim != 3:
             raise ValueError(f"distance grids must be (B, h, w), got {tuple(self.distances.shape)}")
         n = len(self.distances)
-        for name in ("features", "images"):
+        for name in ("features", "images", "probabilities"):
             t = getattr(self, name)
             if t is not None and len(t) != n:
                 raise ValueError(f"{len(t)} {name} for {n} distance grids")
@@ -85,7 +88,12 @@ class FlagInputs:
         root = self if self.parent is None else self.parent
         in_root = idx if self.index is None else self.index[idx]
         return FlagInputs(
-            pick(self.distances), pick(self.features), pick(self.images), parent=root, index=in_root
+            pick(self.distances),
+            pick(self.features),
+            pick(self.images),
+            pick(self.probabilities),
+            parent=root,
+            index=in_root,
         )
 
 
@@ -120,7 +128,6 @@ class BaseFlag:
     name = ""
     cost = 0
     needs: tuple[str, ...] = ("distances",)
-    uses_reference = False
     # True when the statistic depends on the images alone (not on the detector or a
     # reference): its values are then kept in the inputs' memo.
     image_only = False
@@ -174,10 +181,10 @@ class BaseFlag:
         self, clean_values: ArrayLike, false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
     ) -> BaseFlag:
         """Threshold from clean calibration statistics: the smallest t with at most
-        ``false_flag_rate`` of them strictly above it (as :class:`EntropyFlag`)."""
+        ``false_flag_rate`` of them strictly above it (:func:`rate_threshold`)."""
         values = np.asarray(clean_values, dtype=np.float64).ravel()
         self.false_flag_rate = false_flag_rate
-        self.threshold_ = cal.EntropyFlag(false_flag_rate).fit(values).threshold_
+        self.threshold_ = rate_threshold(values, false_flag_rate)
         self.clean_mean_ = float(values.mean())
         # A scale for standardising (combinations, adaptive losses); never zero.
         self.clean_scale_ = float(max(values.std(), 1e-3 * abs(values.mean()), 1e-12))
@@ -198,3 +205,29 @@ class BaseFlag:
         """``prepare`` then ``fit`` on the statistics of the same clean calibration images."""
         self.prepare(detector, clean)
         return self.fit(self.statistic(clean), false_flag_rate)
+
+    def state(self) -> dict[str, Any]:
+        """What a model file keeps of the fitted flag: its name, false-flag rate and every
+        fitted number (threshold, clean mean and spread, references), as JSON."""
+        fitted = {k[:-1]: v for k, v in vars(self).items() if k.endswith("_") and _is_number(v)}
+        return {"name": self.name, "false_flag_rate": self.false_flag_rate, **fitted}
+
+    def restore(self, detector: Any, state: dict[str, Any]) -> BaseFlag:
+        """The fitted flag back from :meth:`state`, for ``detector``."""
+        for key, value in state.items():
+            if key not in STATE_KEYS:
+                setattr(self, f"{key}_", float(value))
+        if not hasattr(self, "threshold_"):
+            raise ValueError(f"flag {self.name!r}: the recorded state has no threshold")
+        self.false_flag_rate = float(state["false_flag_rate"])
+        self.detector_ = detector
+        self.prepared_ = True
+        return self
+
+
+# Keys of a flag's state that are not fitted numbers.
+STATE_KEYS = ("name", "false_flag_rate", "members")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import calibration as cal
-from .base import DEFAULT_FALSE_FLAG_RATE, BaseFlag, FlagInputs
+from .base import BaseFlag, FlagInputs
 from .registry import FLAGS, make_flag
+from .threshold import DEFAULT_FALSE_FLAG_RATE, flagging_auroc
 
 
 def calibrated_flags(
@@ -28,18 +28,18 @@ def flag_columns(
     (share of attacked images above the clean-calibration threshold) and ``flag_ffr_<name>``
     (share of clean evaluation images above it: the realised false-flag rate)."""
     clean_values = {name: flag.statistic(clean) for name, flag in flags.items()}
-    return columns_from_values(flags, clean_values, attacked)
+    attacked_values = {name: flag.statistic(attacked) for name, flag in flags.items()}
+    return columns_from_values(flags, clean_values, attacked_values)
 
 
 def columns_from_values(
-    flags: dict[str, BaseFlag], clean_values: dict[str, Any], attacked: FlagInputs
+    flags: dict[str, BaseFlag], clean_values: dict[str, Any], attacked: dict[str, Any]
 ) -> dict[str, float]:
-    """``flag_columns`` with the clean images' statistics computed earlier (they are the
-    same for every attack on the same detector)."""
+    """``flag_columns`` from the statistics of the clean and the attacked images."""
     out: dict[str, float] = {}
     for name, flag in flags.items():
-        attacked_values = flag.statistic(attacked)
-        out[f"flag_auroc_{name}"] = cal.flagging_auroc(clean_values[name], attacked_values)
+        attacked_values = attacked[name]
+        out[f"flag_auroc_{name}"] = flagging_auroc(clean_values[name], attacked_values)
         out[f"flag_tpr_{name}"] = float(flag.predict(attacked_values).mean())
         out[f"flag_ffr_{name}"] = float(flag.predict(clean_values[name]).mean())
     return out

@@ -48,3 +48,18 @@ class CombinedFlag(BaseFlag):
 
     def surrogate(self, inputs: FlagInputs) -> Tensor:
         return self._standardised(inputs, surrogate=True)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "members": [m.state() for m in self.members]}
+
+    def restore(self, detector: Any, state: dict[str, Any]) -> CombinedFlag:
+        members = state.get("members", [])
+        if [m.get("name") for m in members] != [m.name for m in self.members]:
+            raise ValueError(
+                f"combined flag members {[m.get('name') for m in members]} differ from "
+                f"{[m.name for m in self.members]}"
+            )
+        for member, member_state in zip(self.members, members):
+            member.restore(detector, member_state)
+        super().restore(detector, {k: v for k, v in state.items() if k != "members"})
+        return self

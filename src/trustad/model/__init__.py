@@ -1,21 +1,25 @@
 """The fitted detector and its model file: bank, calibration, thresholds, flag; save/load.
 
 ``FittedDetector`` is the object behind ``trustad fit``, ``predict`` and ``serve``;
-``trustad.model.file`` defines the file format; ``trustad.model.flags`` the pluggable
-"do not trust this answer" flags; ``trustad.model.overlay`` heatmap pictures.
+``trustad.model.trust`` is the trust engine it owns (calibrator, conformal threshold, flag,
+gate: the same one ``trustad evaluate`` measures); ``trustad.model.file`` defines the file
+format; ``trustad.model.overlay`` heatmap pictures. The flags are ``trustad.flags``'s.
 """
 
-from ..flags import DEFAULT_FLAG
+from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FLAGS, make_flag
 from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_model_file
-from .fitted import (
-    DEFAULT_CALIBRATOR,
-    DEFAULT_CONFORMAL_ALPHA,
-    SAVABLE_CALIBRATORS,
-    FittedDetector,
-)
-from .flags import DEFAULT_FALSE_FLAG_RATE, FLAGS, make_flag
+from .fitted import SAVABLE_CALIBRATORS, FittedDetector
 from .overlay import overlay, overlay_png
 from .state import Prediction, image_record, json_safe
+from .trust import (
+    DEFAULT_CALIBRATOR,
+    DEFAULT_CONFORMAL_ALPHA,
+    Assessment,
+    FlagReference,
+    TrustEngine,
+    TrustOptions,
+    flag_reference,
+)
 
 __all__ = [
     "DEFAULT_CALIBRATOR",
@@ -26,9 +30,14 @@ __all__ = [
     "FORMAT_VERSION",
     "MODEL_SUFFIX",
     "SAVABLE_CALIBRATORS",
+    "Assessment",
     "FittedDetector",
     "ModelFileError",
     "Prediction",
+    "TrustEngine",
+    "TrustOptions",
+    "FlagReference",
+    "flag_reference",
     "image_record",
     "json_safe",
     "make_flag",

@@ -1,4 +1,5 @@
-"""The fitted detector: AnomalyDINO's memory bank plus calibration, thresholds and a flag.
+"""The fitted detector: AnomalyDINO's memory bank plus the trust engine (calibrator,
+conformal threshold, flag, gate: ``trustad.model.trust``).
 
 >>> model = FittedDetector(backbone).fit(good_images, calib_images, calib_labels)
 >>> model.save("part.safetensors")
@@ -13,13 +14,11 @@ probability >= 0.5); else ``None`` (no decision, only the raw score).
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,28 +29,37 @@ from .. import __version__
 from ..backbone import load_backbone, resolve_weights
 from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
-from ..calibration import ConformalThreshold, entropy, fit_calibrator_safely
 from ..detector import AnomalyDINO, anomaly_map
-from ..flags import DEFAULT_FLAG, gate_probabilities
+from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
-from .flags import flag_from_state, image_statistics, make_flag
-from .state import Prediction, calibrator_from_state, calibrator_state, image_record, json_safe
+from .state import Prediction, image_record, json_safe
+from .trust import (
+    DEFAULT_CALIBRATOR,
+    DEFAULT_CONFORMAL_ALPHA,
+    Assessment,
+    FlagReference,
+    TrustEngine,
+    TrustOptions,
+    flag_reference,
+)
 
-DEFAULT_CALIBRATOR = "platt"
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
-SAVABLE_CALIBRATORS = ("platt", "temperature", "beta")
-DEFAULT_CONFORMAL_ALPHA = 0.1
+SAVABLE_CALIBRATORS = ("bayes", "platt", "temperature", "beta")
 BANK = "memory_bank"
 CONFORMAL_SCORES = "conformal.calibration_scores"
 
 
 class FittedDetector:
-    """AnomalyDINO plus optional calibrator, conformal threshold and flag; savable.
+    """AnomalyDINO plus the trust engine: an optional calibrator, conformal threshold and
+    flag; savable.
 
     ``calibrator``: a name from ``SAVABLE_CALIBRATORS`` or None; ``conformal_alpha``: the
     guaranteed false-alarm rate of the conformal threshold, or None for none; ``flag``: a
-    name from ``model.flags.FLAGS`` or None. ``detector_options`` are AnomalyDINO's
-    (resolution, rotate, mask_test, mask_support, mask_morphology, knn, batch_size, bf16).
+    name from ``trustad.flags.FLAGS`` or None, with ``flag_options`` (``false_flag_rate``);
+    ``leave_one_out`` and ``benign_envelope``: see ``TrustOptions``.
+    ``detector_options`` are AnomalyDINO's (resolution, rotate, mask_test, mask_support,
+    mask_morphology, knn, batch_size, bf16). ``trust``: the engine's options in full (the
+    study's several calibrators and flags), instead of the four above.
     """
 
     def __init__(
@@ -63,6 +71,9 @@ class FittedDetector:
         conformal_alpha: float | None = DEFAULT_CONFORMAL_ALPHA,
         flag: str | None = DEFAULT_FLAG,
         flag_options: dict[str, Any] | None = None,
+        leave_one_out: bool = True,
+        benign_envelope: bool = True,
+        trust: TrustOptions | None = None,
         **detector_options: Any,
     ) -> None:
         if calibrator is not None and calibrator not in SAVABLE_CALIBRATORS:
@@ -70,30 +81,52 @@ class FittedDetector:
                 f"calibrator {calibrator!r} cannot be saved in a model file; choose one of "
                 f"{', '.join(SAVABLE_CALIBRATORS)} or none"
             )
-        if conformal_alpha is not None:
-            ConformalThreshold(conformal_alpha)  # checks the range
+        unknown = set(flag_options or {}) - {"false_flag_rate"}
+        if unknown:
+            raise ValueError(f"unknown flag option(s) {sorted(unknown)}; known: false_flag_rate")
+        if trust is None:
+            trust = TrustOptions(
+                calibrators=() if calibrator is None else (calibrator,),
+                calibrator_options={}
+                if calibrator is None
+                else {calibrator: calibrator_options or {}},
+                conformal_alpha=conformal_alpha,
+                flag=flag,
+                false_flag_rate=(flag_options or {}).get(
+                    "false_flag_rate", DEFAULT_FALSE_FLAG_RATE
+                ),
+            )
         self.detector = AnomalyDINO(backbone, **detector_options)
-        self.calibrator = calibrator
-        self.calibrator_options = dict(calibrator_options or {})
-        self.conformal_alpha = conformal_alpha
-        self.flag = flag
-        self.flag_options = dict(flag_options or {})
-        if flag is not None:
-            make_flag(flag, **self.flag_options)  # checks the name and options
+        self.trust_options = trust
         self._reset_calibration()
 
     def _reset_calibration(self) -> None:
-        self.calibrator_ = None
-        self.conformal_ = None
-        self.flag_ = None
-        self.decision_rule_: str | None = None
+        self.trust_ = TrustEngine(self.trust_options)
         self.map_range_: tuple[float, float] | None = None
-        self.calibration_: dict[str, Any] = {"images": [], "n_normal": 0, "n_anomalous": 0}
-        self.notes_: list[str] = []
+        self.calibration_images_: list[dict] = []
+
+    # What the trust engine fitted, under the names the model file and the CLI use.
+    calibrator = property(lambda self: self.trust_options.calibrator)
+    conformal_alpha = property(lambda self: self.trust_options.conformal_alpha)
+    flag = property(lambda self: self.trust_options.flag)
+    calibrator_ = property(lambda self: self.trust_.calibrator_)
+    conformal_ = property(lambda self: self.trust_.conformal_)
+    flag_ = property(lambda self: self.trust_.flag_)
+    decision_rule_ = property(lambda self: self.trust_.decision_rule_)
+    anomaly_rate = property(lambda self: self.trust_.anomaly_rate)
+    notes_ = property(lambda self: self.trust_.notes_)
+
+    @property
+    def calibration_(self) -> dict[str, Any]:
+        return {"images": self.calibration_images_, **self.trust_.counts_}
 
     @property
     def backbone(self) -> torch.nn.Module:
         return self.detector.backbone
+
+    @property
+    def batch_size(self) -> int:
+        return self.detector.runtime.batch_size
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -126,60 +159,22 @@ class FittedDetector:
         labels: ArrayLike | None = None,
         *,
         images: Sequence[dict] | None = None,
+        reference: Sequence[FlagReference] = (),
+        leave_one_out_scores: ArrayLike | None = None,
         normal_distances: Sequence[Tensor] | None = None,
-        statistics: Mapping[str, ArrayLike] | None = None,
     ) -> FittedDetector:
-        """Fit the calibrator (needs both classes), the conformal threshold (on the normal
-        scores) and the flag (the entropy flag needs the calibrator) on calibration images'
-        raw scores.
+        """Fit the trust engine (``TrustEngine.fit``) on calibration images' raw scores,
+        the support images' leave-one-out scores and the flags' normal ``reference``.
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
-        for provenance; ``normal_distances`` (patch-distance grids of the normal images)
-        set the colour range of heatmap overlays; ``statistics``: the calibration images'
-        statistics by name (``model.flags.image_statistics``), for the flags that need them.
+        for provenance; ``normal_distances`` (patch-distance grids of normal images) set the
+        colour range of heatmap overlays.
         """
-        self._reset_calibration()
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        y = np.zeros(s.size) if labels is None else np.asarray(labels, dtype=np.float64).ravel()
-        if y.size != s.size:
-            raise ValueError(f"{y.size} calibration labels for {s.size} scores")
-        normal = s[y == 0]
-        n_anom = int((y == 1).sum())
-        self.calibration_ = {
-            "images": [dict(r) for r in images or []],
-            "n_normal": int(normal.size),
-            "n_anomalous": n_anom,
-        }
-        if self.calibrator is not None:
-            if n_anom == 0 or normal.size == 0:
-                self.notes_.append(
-                    f"no probability: {self.calibrator} needs normal and anomalous calibration "
-                    f"images, got {normal.size} normal and {n_anom} anomalous"
-                )
-            else:
-                options = self.calibrator_options
-                cal, note = fit_calibrator_safely(self.calibrator, s, y, **options)
-                if note:
-                    self.notes_.append(note)
-                if getattr(cal, "name", None) == self.calibrator:
-                    self.calibrator_ = cal
-        if self.conformal_alpha is not None and normal.size:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                self.conformal_ = ConformalThreshold(self.conformal_alpha).fit(normal)
-            self.notes_ += [f"conformal: {w.message}" for w in caught]
-        if self.flag is not None:
-            flag = make_flag(self.flag, **self.flag_options)
-            signals = self._signals(s, statistics)
-            missing = [k for k in flag.needs if k not in signals]
-            if missing:
-                self.notes_.append(f"no {self.flag} flag: it needs {', '.join(missing)}")
-            else:
-                self.flag_ = flag.fit(signals)
-        if self.conformal_ is not None and math.isfinite(self.conformal_.threshold_):
-            self.decision_rule_ = "conformal"
-        elif self.calibrator_ is not None:
-            self.decision_rule_ = "probability"
+        self.trust_ = TrustEngine(self.trust_options).fit(
+            self.detector, scores, labels, reference, leave_one_out_scores
+        )
+        self.calibration_images_ = [dict(r) for r in images or []]
+        self.map_range_ = None
         if normal_distances:
             values = torch.cat([d.reshape(-1) for d in normal_distances]).double()
             self.map_range_ = (float(values.median()), float(values.max()))
@@ -192,88 +187,56 @@ class FittedDetector:
         calibration_labels: ArrayLike | None = None,
     ) -> FittedDetector:
         """Fit on normal support images, then calibrate on ``calibration`` images (labels
-        0/1; None: all normal). Images: paths, PIL images or arrays."""
+        0/1; None: all normal) and on the support images themselves, each scored against a
+        bank without it (leave-one-out: decisions and flags from good images alone). Images:
+        paths, PIL images or arrays."""
         if isinstance(support, (str, bytes, os.PathLike)) or not isinstance(support, Sequence):
             support = [support]
         det = self.detector
-        views = [v for img in support for v in det.support_views(img)]
+        views = [det.support_views(img) for img in support]
+        feats = det.features([v for image_views in views for v in image_views])
+        per_image, start = [], 0
+        for image_views in views:
+            per_image.append(feats[start : start + len(image_views)])
+            start += len(image_views)
         records = [image_record(img, i) for i, img in enumerate(support)]
-        self.fit_features(det.features(views), records)
+        self.fit_features(feats, records)
+        loo = det.leave_one_out_distances(per_image)
+        loo_scores = det.scores_from_distances(loo)
+        loo_set = _Scored(loo, [f[0] for f in per_image], [v[0] for v in views], loo_scores)
+        cal_set, labels, recs = None, np.zeros(0), []
         if calibration:
             tensors, _ = det.runtime.preprocess(calibration)
-            feats = det.features(tensors)
-            dists = det.distances_from_features(feats)
-            scores = det.scores_from_distances(dists)
-            labels = np.zeros(len(scores)) if calibration_labels is None else calibration_labels
+            cal_feats = det.features(tensors)
+            dists = det.distances_from_features(cal_feats)
+            labels = np.zeros(len(dists)) if calibration_labels is None else calibration_labels
             labels = np.asarray(labels).ravel()
             recs = [
                 {**image_record(img, i), "label": int(lab)}
                 for i, (img, lab) in enumerate(zip(calibration, labels))
             ]
-            normal = [d for d, lab in zip(dists, labels) if lab == 0]
-            self.calibrate(
-                scores,
-                labels,
-                images=recs,
-                normal_distances=normal,
-                statistics=self._statistics(dists, tensors),
-            )
+            normal = [i for i, lab in enumerate(labels) if lab == 0]
+            cal_set = _Scored(dists, cal_feats, tensors, det.scores_from_distances(dists))
+            cal_normal = cal_set.pick(normal)
+        # The flags' normal reference: the normal calibration images, else the support
+        # images as scored leave-one-out.
+        ref_set = cal_normal if cal_set is not None and normal else loo_set
+        self.calibrate(
+            np.zeros(0) if cal_set is None else cal_set.scores,
+            labels,
+            images=recs,
+            reference=ref_set.references(self.trust_options.benign_envelope),
+            leave_one_out_scores=loo_scores,
+            normal_distances=(cal_normal.distances if cal_set is not None else []) + loo,
+        )
         return self
 
     # -- predicting -------------------------------------------------------------------
-    def _statistics(
-        self, dists: Sequence[Tensor], images: Sequence[Tensor]
-    ) -> dict[str, np.ndarray]:
-        """The image statistics the flag needs (stability: 3 extra backbone passes each)."""
-        if self.flag is None:
-            return {}
-        return image_statistics(self.detector, make_flag(self.flag).needs, dists, images)
-
-    def _signals(
-        self, scores: np.ndarray, statistics: Mapping[str, ArrayLike] | None = None
-    ) -> dict[str, np.ndarray]:
-        out = {"score": scores}
-        for name, values in (statistics or {}).items():
-            out[name] = np.asarray(values, dtype=np.float64)
-        if self.calibrator_ is not None:
-            out["probability"] = self.calibrator_.predict_proba(scores)
-            out["entropy"] = entropy(out["probability"])
-        return out
-
-    def assess(
-        self, scores: ArrayLike, statistics: Mapping[str, ArrayLike] | None = None
-    ) -> dict[str, np.ndarray | None]:
-        """Every per-image field but the map, from raw scores (arrays; None when the part
-        that gives it was not fitted, or, for a flag on image statistics, when they are not
-        in ``statistics``)."""
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        sig = self._signals(s, statistics)
-        p = sig.get("probability")
-        decision = None
-        if self.decision_rule_ == "conformal":
-            decision = self.conformal_.predict(s).astype(bool)
-        elif self.decision_rule_ == "probability":
-            decision = p >= 0.5
-        flag = None
-        if self.flag_ is not None and all(k in sig for k in self.flag_.needs):
-            flag = self.flag_.flag(sig)
-        return {
-            "score": s,
-            "probability": p,
-            "p_value": None if self.conformal_ is None else self.conformal_.p_values(s),
-            "decision": decision,
-            "entropy": sig.get("entropy"),
-            "flag": flag,
-            "gated_probability": None
-            if p is None or flag is None
-            else gate_probabilities(p, flag, self.anomaly_rate),
-        }
-
-    @property
-    def anomaly_rate(self) -> float:
-        """The share of anomalous images among the calibration images."""
-        n_anom = self.calibration_["n_anomalous"]
-        return n_anom / max(n_anom + self.calibration_["n_normal"], 1)
+    def assess(self, scores: ArrayLike, inputs: FlagInputs | None = None) -> Assessment:
+        """Every per-image field but the map, from raw scores and the images' flag
+        ``inputs`` (without them: no flag)."""
+        values = {} if inputs is None else self.trust_.flag_values(scores, inputs)
+        return self.trust_.assess(scores, values)
 
     def predict_from_features(
         self,
@@ -284,22 +247,49 @@ class FittedDetector:
     ) -> list[Prediction]:
         """Predictions for test patch features (h, w, D); ``sizes`` are the original
         (width, height) of the images, for their maps; ``images``, the preprocessed images,
-        are needed by the flags on image statistics."""
+        are needed by the flags that read pixels."""
         dists = self.detector.distances_from_features(features)
-        stats = None if images is None or self.flag_ is None else self._statistics(dists, images)
-        fields = self.assess(self.detector.scores_from_distances(dists), stats)
-        out = []
-        for i, (d, size) in enumerate(zip(dists, sizes)):
-            value = {k: None if v is None else v[i].item() for k, v in fields.items()}
-            out.append(Prediction(**value, anomaly_map=anomaly_map(d, size) if maps else None))
-        return out
+        scores = self.detector.scores_from_distances(dists)
+        fields = self.trust_.assess(scores, self._flag_values(scores, dists, features, images))
+        return [
+            Prediction(
+                **fields.prediction_fields(i), anomaly_map=anomaly_map(d, size) if maps else None
+            )
+            for i, (d, size) in enumerate(zip(dists, sizes))
+        ]
+
+    def _flag_values(
+        self,
+        scores: np.ndarray,
+        dists: Sequence[Tensor],
+        features: Sequence[Tensor],
+        images: Sequence[Tensor] | None,
+    ) -> dict[str, np.ndarray]:
+        """The fitted flags' values, image by image where the images differ in size."""
+        if not self.trust_.flags_:
+            return {}
+        if images is None:
+            images = [None] * len(dists)
+        shapes = {
+            (tuple(d.shape), None if x is None else tuple(x.shape)) for d, x in zip(dists, images)
+        }
+        groups = [list(range(len(dists)))] if len(shapes) == 1 else [[i] for i in range(len(dists))]
+        parts = []
+        for idx in groups:
+            inputs = _flag_inputs(
+                [dists[i] for i in idx],
+                [features[i] for i in idx],
+                None if images[0] is None else [images[i] for i in idx],
+            )
+            parts.append(self.trust_.flag_values(scores[idx], inputs))
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def predict(self, images: Sequence[ImageInput], maps: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per image (paths, PIL images or arrays)."""
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
             images = [images]
         out: list[Prediction] = []
-        step = self.detector.runtime.batch_size
+        step = self.batch_size
         for start in range(0, len(images), step):
             tensors, sizes = self.detector.runtime.preprocess(images[start : start + step])
             feats = self.detector.features(tensors)
@@ -313,8 +303,7 @@ class FittedDetector:
             raise RuntimeError("this FittedDetector is not fitted yet: call fit first")
         source = getattr(self.backbone, "weights_source", None)
         bank = self.detector.memory_bank_
-        cal = self.calibrator_
-        conf = self.conformal_
+        o = self.trust_options
         return {
             "trustad_version": __version__,
             "created": self.created_,
@@ -329,23 +318,16 @@ class FittedDetector:
             "memory_bank": {"patches": int(bank.shape[0]), "dtype": str(bank.dtype)},
             "support": self.support_,
             "calibration": {**self.calibration_, "notes": list(self.notes_)},
-            "calibrator": None if cal is None else calibrator_state(cal),
-            "conformal": None
-            if conf is None
-            else {
-                "alpha": conf.alpha,
-                "threshold": conf.threshold_,
-                "n": conf.calibration_scores_.size,
-            },
-            "flag": None if self.flag_ is None else {"name": self.flag, **self.flag_.state()},
-            "decision_rule": self.decision_rule_,
+            **self.trust_.state(),  # calibrator, conformal, flag, decision_rule
             # What was asked for (what a later calibrate() fits), besides what was fitted.
             "requested": {
-                "calibrator": self.calibrator,
-                "calibrator_options": self.calibrator_options,
-                "conformal_alpha": self.conformal_alpha,
-                "flag": self.flag,
-                "flag_options": self.flag_options,
+                "calibrator": o.calibrator,
+                "calibrator_options": dict(o.calibrator_options.get(o.calibrator, {})),
+                "conformal_alpha": o.conformal_alpha,
+                "flag": o.flag,
+                "flag_options": {"false_flag_rate": o.false_flag_rate},
+                "leave_one_out": o.leave_one_out,
+                "benign_envelope": o.benign_envelope,
             },
             "map_range": None if self.map_range_ is None else list(self.map_range_),
         }
@@ -395,25 +377,60 @@ class FittedDetector:
                 f"{path}: memory bank features have {bank.shape[1]} dimensions, the backbone "
                 f"gives {backbone.embed_dim}"
             )
-        cal, conf, flag = s["calibrator"], s["conformal"], s["flag"]
         model = cls(backbone, **s["preprocessing"], batch_size=batch_size, **s["requested"])
         model.detector.memory_bank_ = bank.to(model.detector.device)
         model.support_ = s["support"]
         model.created_ = s["created"]
-        model.calibration_ = {k: v for k, v in s["calibration"].items() if k != "notes"}
-        model.notes_ = list(s["calibration"].get("notes", []))
-        if cal is not None:
-            model.calibrator_ = calibrator_from_state(cal)
-        if conf is not None:
-            model.conformal_ = ConformalThreshold(conf["alpha"])
-            model.conformal_.calibration_scores_ = tensors[CONFORMAL_SCORES].numpy()
-            model.conformal_.threshold_ = float(conf["threshold"])
-        if flag is not None:
-            model.flag_ = flag_from_state(flag["name"], flag)
-        model.decision_rule_ = s["decision_rule"]
+        calibration = s["calibration"]
+        model.calibration_images_ = list(calibration["images"])
+        model.trust_ = TrustEngine.from_state(
+            model.trust_options,
+            s,
+            calibration,
+            tensors[CONFORMAL_SCORES].numpy() if s["conformal"] is not None else None,
+            model.detector,
+            calibration.get("notes", []),
+        )
         model.map_range_ = None if s["map_range"] is None else tuple(s["map_range"])
         model.format_version_ = s["format_version"]
         return model
+
+
+class _Scored(NamedTuple):
+    """Preprocessed images with their features, patch distances and scores."""
+
+    distances: list[Tensor]
+    features: list[Tensor]
+    images: list[Tensor]
+    scores: np.ndarray
+
+    def pick(self, index: Sequence[int]) -> _Scored:
+        return _Scored(
+            [self.distances[i] for i in index],
+            [self.features[i] for i in index],
+            [self.images[i] for i in index],
+            self.scores[list(index)],
+        )
+
+    def references(self, envelope: bool) -> list[FlagReference]:
+        """Flag references, one per group of equally-sized images."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (d, x) in enumerate(zip(self.distances, self.images)):
+            groups.setdefault((tuple(d.shape), tuple(x.shape)), []).append(i)
+        out = []
+        for index in groups.values():
+            part = self.pick(index)
+            inputs = _flag_inputs(part.distances, part.features, part.images)
+            out.append(flag_reference(inputs, part.scores, envelope))
+        return out
+
+
+def _flag_inputs(
+    dists: Sequence[Tensor], features: Sequence[Tensor], images: Sequence[Tensor] | None
+) -> FlagInputs:
+    """The flags' inputs of equally-sized images, on the CPU (flags that need the device
+    move what they use)."""
+    return FlagInputs(list(dists), list(features), None if images is None else list(images))
 
 
 def _check_weights(path: Any, recorded: dict | None, source: Any) -> None:

@@ -29,6 +29,8 @@ class Prediction:
     # The probability, or the calibration images' anomaly rate where the flag is raised: an
     # input suspected of manipulation carries no evidence to trust beyond the prior.
     gated_probability: float | None = None
+    # [low, high]: the 90 % credible interval of the probability (Bayesian calibrators).
+    probability_interval: list[float] | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Probabilities that stay honest under attack.
 
-Three options, all fitted without seeing the attacker:
+Options measured by benchmarks/flags.py, all fitted without seeing the attacker:
 
 * ``fit_mixed_calibrator``: fit a calibrator on the clean calibration scores together with
   the scores of the same images after a perturbation the defender makes itself (e.g. its
@@ -8,10 +8,7 @@ Three options, all fitted without seeing the attacker:
   The calibrator then learns that scores near the boundary are less reliable.
 * ``abstaining_metrics``: abstain where a flag fires; calibration metrics on the inputs
   kept, and the abstention rate (abstentions are counted, never hidden).
-* ``gate_probabilities``: where a flag fires, the probability becomes the base rate of
-  anomalies among the calibration images: an input suspected of manipulation carries no
-  evidence the detector can trust, and the honest answer is the prior. Every input keeps
-  a probability, so calibration metrics cover all of them.
+(``trustad.flags.gate_probabilities``, the third option, is what trustad deploys.)
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from .. import calibration as cal
-from ..attacks import AttackSettings, run_attack, score_loss
+from trustad import calibration as cal
+from trustad.attacks import AttackSettings, run_attack, score_loss
 
 
 def defender_perturbation(detector: Any, x: Tensor, labels: Tensor, eps: float) -> Tensor:
@@ -83,17 +80,6 @@ def abstaining_metrics(probs: ArrayLike, labels: ArrayLike, abstain: ArrayLike) 
     else:
         out.update(ece=math.nan, nll=math.nan, brier=math.nan)
     return out
-
-
-def gate_probabilities(probs: ArrayLike, fired: ArrayLike, base_rate: float) -> np.ndarray:
-    """``probs`` with ``base_rate`` wherever ``fired`` (a flag's decision) is true."""
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    gate = np.asarray(fired, dtype=bool).ravel()
-    if p.size != gate.size:
-        raise ValueError(f"{p.size} probabilities and {gate.size} flag decisions")
-    if not 0.0 <= base_rate <= 1.0:
-        raise ValueError(f"base rate must lie in [0, 1], got {base_rate}")
-    return np.where(gate, base_rate, p)
 
 
 def as_label_tensor(labels: ArrayLike) -> Tensor:
