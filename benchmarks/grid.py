@@ -91,7 +91,6 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("trustad.data.datasets", "load_mask"),
         ("trustad.data.datasets", "image_size"),
         ("trustad.evaluation.category", "load_state"),  # waits for the decode threads
-        ("trustad.evaluation.support", "wait"),  # waits for support views made ahead
     ],
     "preprocess": [
         ("trustad.backbone.preprocess", "preprocess"),

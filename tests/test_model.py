@@ -17,9 +17,9 @@ from PIL import Image
 
 from trustad.backbone import WeightsSource
 from trustad.detector import AnomalyDINO
+from trustad.flags import FlagInputs
 from trustad.model import FittedDetector, ModelFileError, read_model_file
 from trustad.model.file import FORMAT_VERSION
-from trustad.flags import FlagInputs
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from trustad.backbone.runtime import BackboneRuntime
 from trustad.cli import main
 from trustad.evaluation import Evaluation, EvaluationSettings, ResultStore
 from trustad.evaluation.plan import done_in, make_plan, time_backbone
-from trustad.evaluation.store import TIMING_COLUMNS, done_units, result_columns
+from trustad.evaluation.store import TIMING_COLUMNS, done_results, result_columns
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,10 @@ def test_planned_passes_are_the_passes_the_run_makes(dataset, tmp_path, attacks)
 def test_plan_reads_the_folder_without_writing(dataset, tmp_path):
     settings = _settings(dataset)
     store = ResultStore(tmp_path, settings)
-    assert done_units(tmp_path, settings) == set()
+    assert done_results(tmp_path, settings) == set()
     with pytest.raises(ValueError, match="other settings"):
-        done_units(tmp_path, _settings(dataset, resolution=112))
-    assert done_units(tmp_path / "absent", settings) == set()
+        done_results(tmp_path, _settings(dataset, resolution=112))
+    assert done_results(tmp_path / "absent", settings) == set()
     assert store.rows == []
 
 
@@ -157,7 +157,7 @@ def test_rows_written_before_the_timing_columns_still_resume(dataset, tmp_path):
         writer = csv.DictWriter(fh, old, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    assert len(done_units(tmp_path, settings)) == 1
+    assert len(done_results(tmp_path, settings)) == 1
     run = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False)
     run.run()
     assert run.computed == 0 and run.already_done == 1

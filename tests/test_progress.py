@@ -138,8 +138,8 @@ def test_evaluate_without_a_terminal_writes_lines_a_log_and_timings(
     starts = [line for line in bars if re.search(r": 0/\d+ ", line)]
     assert starts and len(bars) == 2 * len(starts)  # nothing between start and end
     assert any(line.startswith("[brick] pgd eps=0.03137 seed 0: 0/12 img-step") for line in bars)
-    assert any(line.startswith("units: 2/2 unit") for line in bars)
-    assert lines[-1].startswith("summary: 2 units computed, 0 already done, 0 skipped")
+    assert any(line.startswith("results: 2/2 row") for line in bars)
+    assert lines[-1].startswith("summary: 2 results computed, 0 already done, 0 skipped")
     log = (out / "run.log").read_text()
     assert '"resolution": 56' in log  # the settings
     assert "tiny random ViT" in log  # the weights' provenance
@@ -161,12 +161,12 @@ def test_quiet_keeps_skip_reasons_in_the_log_and_the_summary(
     assert main(args) == 0
     err = capsys.readouterr().err
     # Nothing but the closing summary on the terminal, with the reason.
-    assert err.startswith("summary: 1 units computed, 0 already done, 1 skipped")
+    assert err.startswith("summary: 1 results computed, 0 already done, 1 skipped")
     assert "skipped: brick, 8 shots, seed 0" in err
     assert len(err.splitlines()) == 2
     log = (out / "run.log").read_text()
     assert "WARNING skipped brick, 8 shots, seed 0" in log
-    assert "summary: 1 units computed" in log
+    assert "summary: 1 results computed" in log
 
 
 def test_unexpected_error_names_the_log_with_the_traceback(

@@ -19,7 +19,7 @@ from trustad.cli import main as cli_main
 from trustad.evaluation import Evaluation, EvaluationSettings
 from trustad.evaluation.merge import merge_runs
 from trustad.evaluation.store import TIMING_COLUMNS
-from trustad.evaluation.units import all_units, shard_units
+from trustad.evaluation.units import all_work_items, shard_work_items
 from trustad.report import write_study_report
 
 HELPER = Path(__file__).parent / "tiny_trustad.py"
@@ -105,9 +105,9 @@ def test_killed_run_resumes_to_the_same_results(dataset, tmp_path):
 
 
 def test_shards_split_the_units_without_overlap():
-    units = all_units(["a", "b", "c", "d", "e"], 3)
+    units = all_work_items(["a", "b", "c", "d", "e"], 3)
     for n in (1, 2, 4, 15, 20):
-        parts = [shard_units(units, i, n) for i in range(1, n + 1)]
+        parts = [shard_work_items(units, i, n) for i in range(1, n + 1)]
         assert [u for p in parts for u in p] == units  # in order, each unit once
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

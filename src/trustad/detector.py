@@ -31,11 +31,11 @@ MASK_MIN_CENTRE_KEPT = 0.35
 # Elements of the (query chunk x bank) similarity matrix computed at once: bounds memory.
 SIMILARITY_BUDGET = 1 << 24
 # On the CPU the nearest bank row is searched in blocks of this many bank rows and query
-# rows, so that the similarities stay in cache: 2.5x faster than one pass over a 256 x 32768
-# matrix at D = 32.
+# rows, so that the similarities stay in cache (benchmarks/results/grid.md).
 CPU_BANK_BLOCK = 2048
 CPU_QUERY_BLOCK = 256
-# Columns per sub-block of that search's maximum: 4x faster than torch's max over a row.
+# Columns per sub-block of that search's maximum (faster than torch's max over a row:
+# benchmarks/results/grid.md).
 CPU_SUB_BLOCK = 64
 
 
@@ -414,8 +414,10 @@ class AnomalyDINO:
         dists = self.distances_from_features(self.features(tensors))
         return [anomaly_map(d, size) for d, size in zip(dists, sizes)]
 
-    def score_pixels(self, x: Tensor, foreground: Tensor | None = None) -> Tensor:
-        """Differentiable image scores (B,) of preprocessed images x (B, 3, H, W) in [0, 1].
+    def pixel_distances(self, x: Tensor, foreground: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Differentiable patch features (B, h, w, D) and masked patch-distance grids
+        (B, h, w) of preprocessed images x (B, 3, H, W) in [0, 1], the forward pass at the
+        runtime's gradient precision: what attacks and flags differentiate.
 
         With ``mask_test`` and no ``foreground`` given, each image's mask is computed from
         its own (detached) features, as the detector does at test time.
@@ -425,4 +427,11 @@ class AnomalyDINO:
         if foreground is None and self.mask_test:
             foreground = torch.stack([self._mask(f.detach()) for f in feats])
         dist = patch_distances(feats, self.memory_bank_, self.knn)
-        return image_scores(dist, foreground)
+        if foreground is not None:
+            dist = dist * foreground.to(dist.device, dist.dtype)
+        return feats, dist
+
+    def score_pixels(self, x: Tensor, foreground: Tensor | None = None) -> Tensor:
+        """Differentiable image scores (B,) of preprocessed images x (B, 3, H, W) in [0, 1]
+        (see :meth:`pixel_distances`)."""
+        return image_scores(self.pixel_distances(x, foreground)[1])

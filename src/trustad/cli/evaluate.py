@@ -159,10 +159,10 @@ def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> Non
     from ..backbone.runtime import resolve_device
     from ..evaluation.plan import done_in, make_plan, time_backbone
     from ..evaluation.runlog import check_output_folder
-    from ..evaluation.store import done_units
+    from ..evaluation.store import done_results
 
     check_output_folder(out)
-    plan = make_plan(settings, done_in(done_units(out, settings)))
+    plan = make_plan(settings, done_in(done_results(out, settings)))
     target = resolve_device(device)
     timing = None
     if plan.forward or plan.gradient:

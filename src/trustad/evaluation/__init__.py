@@ -3,7 +3,7 @@
 from .rows import IMAGE_LABEL_PROBE
 from .runner import Evaluation
 from .settings import CLEAN, EvaluationSettings, parse_eps
-from .store import KEY_COLUMNS, SCORE_COLUMNS, ResultStore, result_columns, unique_rows, unit_key
+from .store import KEY_COLUMNS, SCORE_COLUMNS, ResultStore, result_columns, result_key, unique_rows
 
 __all__ = [
     "CLEAN",
@@ -16,5 +16,5 @@ __all__ = [
     "parse_eps",
     "result_columns",
     "unique_rows",
-    "unit_key",
+    "result_key",
 ]

@@ -53,7 +53,8 @@ class CategoryState:
     clean_fields: dict[tuple[int, int], Assessment] = field(default_factory=dict)
     support_features: dict[Path, list[Tensor]] = field(default_factory=dict)
     nearest: NearestParts = field(default_factory=NearestParts)  # bank search, per part
-    perturbations: dict = field(default_factory=dict)  # L-inf/PSNR columns per attacked set
+    # L-inf/PSNR columns per attacked test set (``Evaluation._test_set``; None: score attacks)
+    perturbations: dict[tuple | None, dict[str, float]] = field(default_factory=dict)
     probe_labels: list[Tensor] | None = None
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     pixel_targets: PixelTargets | None = None  # ground-truth regions on the device

@@ -26,7 +26,7 @@ from .merge import copy_examples, folder_rows
 from .progress import Progress
 from .settings import EvaluationSettings
 from .store import KEY_COLUMNS, ResultStore, row_key
-from .units import WorkUnit, run_units, training_images, unit_keys
+from .units import WorkItem, run_work_items, training_images, unit_keys
 
 BackboneFactory = Callable[..., torch.nn.Module]  # called as factory(device=...)
 _BACKBONES: dict[str, torch.nn.Module] = {}  # per worker process: the last backbone loaded
@@ -54,7 +54,7 @@ def cached_backbone(factory: BackboneFactory, key: str, device: str) -> torch.nn
 
 def run_unit(
     settings: dict[str, Any],
-    unit: WorkUnit,
+    unit: WorkItem,
     known: tuple[list[dict], list[dict]],
     scratch: str,
     factory: BackboneFactory,
@@ -125,7 +125,7 @@ class RayEvaluation:
         self.computed = 0  # result rows added by this run
         self.already_done = len(self.store.rows)
 
-    def pending(self, units: Sequence[WorkUnit]) -> list[WorkUnit]:
+    def pending(self, units: Sequence[WorkItem]) -> list[WorkItem]:
         """Units with at least one result row still missing."""
         done = {row_key(r) for r in self.store.rows}
         trains: dict[str, Any] = {}
@@ -137,11 +137,11 @@ class RayEvaluation:
                 out.append((category, seed))
         return out
 
-    def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
+    def run(self, units: Sequence[WorkItem] | None = None) -> list[dict[str, Any]]:
         ray = import_ray()
         s = self.s
         if units is None:
-            units = run_units(s, list_categories(s.dataset, s.root, s.categories))
+            units = run_work_items(s, list_categories(s.dataset, s.root, s.categories))
         todo = self.pending(units)
         self.failures = {}
         if not todo:

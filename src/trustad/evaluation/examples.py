@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..data import Sample
 from ..detector import anomaly_map, image_scores
-from .rows import Unit
+from .rows import ResultKey
 from .settings import CLEAN
 
 
@@ -51,7 +51,7 @@ def save_examples(
     masks: Sequence[np.ndarray] | None,
     sizes: Sequence[tuple[int, int]],
     distances: Sequence[Tensor],
-    unit: Unit,
+    unit: ResultKey,
     count: int,
 ) -> None:
     """For ``count`` test images (the first normal one and the first anomalous ones, as

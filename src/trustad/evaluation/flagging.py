@@ -1,9 +1,8 @@
-"""Flag inputs of a category's image sets, and the flag columns of a unit.
+"""Flag inputs of a category's image sets, and the flag columns of a result.
 
-The flags themselves live in each (category, shots, seed)'s trust engine
-(``trustad.model.TrustEngine``), fitted on the clean calibration images; here the
-inputs they read are built so that the values of image-only flags (the noise level) are
-computed once per image set, and the measured flags' columns are read off the fields the
+The flags live in each (category, shots, seed)'s trust engine (``evaluation.trust``). The
+inputs they read are built here so that the values of image-only flags (the noise level)
+are computed once per image set; the measured flags' columns are read off the fields the
 engine gave the clean and the current test images.
 """
 

@@ -24,16 +24,16 @@ from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
 from ..detector import ROTATION_ANGLES
 from ..flags import FLAG_COSTS
-from .rows import Unit
+from .rows import ResultKey
 from .runlog import format_seconds
 from .settings import CLEAN, EvaluationSettings
-from .store import unit_key
+from .store import result_key
 
 SEARCH_BANK_IMAGES = 8  # support images in the bank the search is timed on
 SEARCH_BACKWARD = 3  # a score attack's step searches forward and back: about 3 searches
 
 
-class Group(NamedTuple):
+class ConditionGroup(NamedTuple):
     """Units of one category that share their attacked features: one seed, condition and
     eps, several shot counts."""
 
@@ -58,8 +58,8 @@ def gradient_steps(attack: AttackSettings) -> int:
 
 
 def pending_groups(
-    settings: EvaluationSettings, data: CategoryData, done: Callable[[Unit], bool]
-) -> tuple[list[Group], list[str]]:
+    settings: EvaluationSettings, data: CategoryData, done: Callable[[ResultKey], bool]
+) -> tuple[list[ConditionGroup], list[str]]:
     """The units of ``data``'s category still to do, grouped, and why some cannot be done
     (shot counts larger than the training set, seeds that cannot be drawn)."""
     s = settings
@@ -79,26 +79,26 @@ def pending_groups(
                 k
                 for k in s.shots
                 if possible[seed, k]
-                and not done(Unit(s.dataset, data.category, k, seed, cond, eps))
+                and not done(ResultKey(s.dataset, data.category, k, seed, cond, eps))
             ]
             if shots:
-                groups.append(Group(seed, cond, eps, shots))
+                groups.append(ConditionGroup(seed, cond, eps, shots))
     return groups, skipped
 
 
 @dataclass
 class CategoryPlan:
     category: str
-    groups: list[Group]
+    groups: list[ConditionGroup]
     skipped: list[str]
     done: int  # units found done
     forward: int = 0  # images through the backbone without gradient
     gradient: int = 0  # image forward+backward passes (attack steps)
     search: int = 0  # (test image, support view) pairs of the nearest-neighbour search
 
-    def units(self, dataset: str) -> list[Unit]:
+    def units(self, dataset: str) -> list[ResultKey]:
         return [
-            Unit(dataset, self.category, k, g.seed, g.condition, g.eps)
+            ResultKey(dataset, self.category, k, g.seed, g.condition, g.eps)
             for g in self.groups
             for k in g.shots
         ]
@@ -112,7 +112,7 @@ def flag_passes(settings: EvaluationSettings) -> int:
 
 
 def category_plan(
-    settings: EvaluationSettings, data: CategoryData, done: Callable[[Unit], bool]
+    settings: EvaluationSettings, data: CategoryData, done: Callable[[ResultKey], bool]
 ) -> CategoryPlan:
     groups, skipped = pending_groups(settings, data, done)
     total = sum(1 for _ in settings.conditions()) * settings.seeds * len(settings.shots)
@@ -159,7 +159,7 @@ class Plan:
     failed: dict[str, str] = field(default_factory=dict)
 
     @property
-    def pending(self) -> list[Unit]:
+    def pending(self) -> list[ResultKey]:
         return [u for c in self.categories for u in c.units(self.settings.dataset)]
 
     @property
@@ -218,12 +218,12 @@ class Plan:
         return "\n".join(lines)
 
 
-def done_in(keys: set[tuple]) -> Callable[[Unit], bool]:
-    """Whether a unit is among the unit keys ``keys`` (``store.done_units``)."""
-    return lambda unit: unit_key(*astuple(unit)) in keys
+def done_in(keys: set[tuple]) -> Callable[[ResultKey], bool]:
+    """Whether a unit is among the unit keys ``keys`` (``store.done_results``)."""
+    return lambda unit: result_key(*astuple(unit)) in keys
 
 
-def make_plan(settings: EvaluationSettings, is_done: Callable[[Unit], bool]) -> Plan:
+def make_plan(settings: EvaluationSettings, is_done: Callable[[ResultKey], bool]) -> Plan:
     """The plan for ``settings``; ``is_done`` tells the units already computed."""
     plan = Plan(settings, [])
     for category in list_categories(settings.dataset, settings.root, settings.categories):

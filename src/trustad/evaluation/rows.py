@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import calibration as cal
 from .. import metrics
-from ..attacks import linf, psnr
+from ..attacks import mean_linf_psnr
 from ..flags import flagging_auroc, tpr_at_fpr
 from ..model import Assessment, TrustEngine
 from .settings import CLEAN
@@ -22,7 +22,7 @@ IMAGE_LABEL_PROBE = "probe trained on image labels: no masks, every patch takes 
 
 
 @dataclass(frozen=True)
-class Unit:
+class ResultKey:
     """The identity of one result row."""
 
     dataset: str
@@ -55,7 +55,7 @@ def calibration_split(labels: np.ndarray, fraction: float, seed: int) -> Split:
 
 
 def score_rows(
-    unit: Unit,
+    unit: ResultKey,
     image_ids: Sequence[str],
     labels: np.ndarray,
     split: Split,
@@ -167,15 +167,12 @@ def pixel_columns(
 
 def perturbation_columns(images: Sequence[Tensor], attacked: Sequence[Tensor]) -> dict:
     """Mean L-inf distance and PSNR between clean and attacked inputs."""
-    pairs = [(a[None], b[None]) for a, b in zip(images, attacked)]
-    return {
-        "linf": float(np.mean([float(linf(a, b)[0]) for a, b in pairs])),
-        "psnr": float(np.mean([float(psnr(a, b)[0]) for a, b in pairs])),
-    }
+    mean_linf, mean_psnr = mean_linf_psnr(list(images), list(attacked))
+    return {"linf": float(mean_linf), "psnr": float(mean_psnr)}
 
 
 def result_row(
-    unit: Unit,
+    unit: ResultKey,
     labels: np.ndarray,
     fields: Assessment,
     clean: Assessment,

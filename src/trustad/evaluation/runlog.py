@@ -115,7 +115,7 @@ class RunSummary:
 
     def text(self) -> str:
         lines = [
-            f"summary: {self.computed} units computed, {self.already_done} already done, "
+            f"summary: {self.computed} results computed, {self.already_done} already done, "
             f"{len(self.skipped)} skipped, {len(self.failed)} categories failed, "
             f"in {format_seconds(self.seconds)}"
         ]

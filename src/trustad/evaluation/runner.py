@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import astuple
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,18 +30,18 @@ from ..detector import AnomalyDINO
 from ..flags import flag_aware_score_loss
 from ..maps import anomaly_maps_grouped
 from ..metrics import pooled_truth
-from ..model import MODEL_SUFFIX, Assessment, FittedDetector, TrustEngine, flag_reference
+from ..model import Assessment, FittedDetector, TrustEngine
 from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import FlagInputCache, ScoredSet, flag_columns
-from .plan import Group, make_plan, pending_groups, rotates_support
+from .plan import ConditionGroup, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
+    ResultKey,
     Split,
-    Unit,
     calibration_split,
     gated_columns,
     perturbation_columns,
@@ -54,10 +54,17 @@ from .rows import (
 from .settings import CLEAN, EvaluationSettings
 from .store import TIMING_COLUMNS, ResultStore
 from .support import readable_support, support_features
-from .units import WorkUnit, run_units
+from .trust import assess, fit_trust
+from .units import WorkItem, run_work_items
 
-# What a unit is scored on: features, foreground masks, and the attacked inputs (None: clean).
-Scored = tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]
+
+class Scored(NamedTuple):
+    """What a result is scored on: the test images' features, their foreground masks, and
+    the attacked inputs (None: the clean images)."""
+
+    features: list[Tensor]
+    foreground: list[Tensor] | None
+    attacked: list[Tensor] | None
 
 
 class Evaluation:
@@ -84,7 +91,7 @@ class Evaluation:
         self.failures: dict[str, str] = {}
         self.skipped: list[str] = []  # files and units left out, with the reason
         self.impossible: list[str] = []  # shot counts and seeds that cannot be drawn, with why
-        self.computed = 0  # units computed by this run
+        self.computed = 0  # result rows computed by this run
         self.already_done = 0  # units found done in the output folder
 
     @property
@@ -92,19 +99,19 @@ class Evaluation:
         """Images passed through the backbone without gradient so far."""
         return self.runtime.images_seen
 
-    def run(self, units: Sequence[WorkUnit] | None = None) -> list[dict[str, Any]]:
+    def run(self, units: Sequence[WorkItem] | None = None) -> list[dict[str, Any]]:
         """Run the (category, seed) units of the settings (of their shard), or ``units``."""
         s = self.s
-        units = units or run_units(s, list_categories(s.dataset, s.root, s.categories))
+        units = units or run_work_items(s, list_categories(s.dataset, s.root, s.categories))
         self.selected, categories = set(units), list(dict.fromkeys(c for c, _ in units))
         t0 = time.time()
         plan = make_plan(s, self._is_done)
         self.already_done = sum(c.done for c in plan.categories)
         self.log(
-            f"{len(plan.pending)} units to do, {self.already_done} already done; "
+            f"{len(plan.pending)} results to do, {self.already_done} already done; "
             f"{plan.forward} backbone passes and {plan.gradient} gradient passes planned"
         )
-        with self.log.bar("units", len(plan.pending), "unit") as self.units_bar:
+        with self.log.bar("results", len(plan.pending), "row") as self.results_bar:
             for category in categories:
                 # A broken category (unreadable image, bad mask) must not cost the others.
                 try:
@@ -118,12 +125,12 @@ class Evaluation:
         )
         return self.store.rows
 
-    def _is_done(self, unit: Unit) -> bool:
+    def _is_done(self, unit: ResultKey) -> bool:
         # Units outside the selection (another shard's) count as done: nothing plans them.
         return (unit.category, unit.seed) not in self.selected or self.store.done(*astuple(unit))
 
     # -- planning -----------------------------------------------------------------------
-    def _pending(self, data: CategoryData) -> list[Group]:
+    def _pending(self, data: CategoryData) -> list[ConditionGroup]:
         """Units (seed, condition, eps, shots still to do) of this category. Shot counts for
         which the category has too few training images are skipped (and said so)."""
         groups, skipped = pending_groups(self.s, data, self._is_done)
@@ -155,13 +162,13 @@ class Evaluation:
         for seed, cond, eps, shots in pending:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
-                per_shot = {k: (st.clean_features, st.clean_foreground, None) for k in shots}
+                per_shot = {k: Scored(st.clean_features, st.clean_foreground, None) for k in shots}
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
             group = share_seconds(self.clock.take(), len(shots))
             results, scores = [], []
             for k in shots:
-                unit = Unit(self.s.dataset, category, k, seed, cond, eps)
+                unit = ResultKey(self.s.dataset, category, k, seed, cond, eps)
                 t0 = time.perf_counter()
                 row, unit_scores = self._unit(st, det, unit, per_shot[k], split)
                 own = self.clock.take()
@@ -179,7 +186,7 @@ class Evaluation:
                 st.nearest.forget((cond, eps, seed))
                 st.perturbations.clear()
             self.computed += len(results)
-            self.units_bar.update(len(results))
+            self.results_bar.update(len(results))
 
     def _model(self, category: str) -> FittedDetector:
         """The detector ``trustad fit`` builds, for a category: the table's defaults unless
@@ -220,7 +227,7 @@ class Evaluation:
         self,
         st: CategoryState,
         det: AnomalyDINO,
-        unit: Unit,
+        unit: ResultKey,
         scored: Scored,
         split: Split,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -245,7 +252,7 @@ class Evaluation:
             attack = self.s.attack(unit.condition, unit.eps)
             if attack.needs_objective and not attack.targets_score and st.masks is None:
                 notes.append(IMAGE_LABEL_PROBE)
-            fields = self._assess(trust, scores, ScoredSet(dists, features, attacked), st)
+            fields = assess(trust, scores, ScoredSet(dists, features, attacked), st.flag_inputs)
             flag_cols = flag_columns(self.s.flag_names(), trust, clean, fields, split)
         row = result_row(unit, st.labels, fields, clean, trust, split, self.s.flag_rate, notes)
         row.update(flag_cols)
@@ -280,39 +287,10 @@ class Evaluation:
     def _trust(
         self, st: CategoryState, det: AnomalyDINO, key: tuple[int, int], split: Split
     ) -> TrustEngine:
-        """The trust engine of (shots, seed) = ``key``, fitted once on the clean calibration
-        images by the category's detector (whose bank must be fitted for ``key``), exactly as
-        `trustad fit` calibrates; written to --save-models when asked."""
+        """The trust engine of (shots, seed) = ``key`` (``det`` fitted for it), once."""
         if key not in st.trust:
-            model, cal, labels = st.model, split.calibration, st.labels
             clean_dists = self._clean_distances(st, det, *key)
-            scores = det.scores_from_distances(clean_dists)
-            normal = cal[labels[cal] == 0]
-            reference, left_out = [], None
-            if len(normal) and model.trust_options.flags:
-                clean = ScoredSet(clean_dists, st.clean_features, st.images)
-                try:
-                    inputs = st.flag_inputs.inputs(clean).subset(normal)
-                    envelope = model.trust_options.benign_envelope
-                    reference = [flag_reference(inputs, scores[normal], envelope, key[1])]
-                except ValueError as exc:  # test images of several sizes form no batch
-                    left_out = f"flags left out: {exc}"
-            paths = select_support(st.data.train, key[0], key[1])
-            loo = det.leave_one_out_distances([st.support_features[p] for p in paths])
-            model.calibrate(
-                scores[cal],
-                labels[cal],
-                reference=reference,
-                leave_one_out_scores=det.scores_from_distances(loo),
-                normal_distances=[clean_dists[i] for i in normal] + loo,
-            )
-            if left_out:
-                model.trust_.notes_.append(left_out)
-            st.trust[key] = model.trust_
-            if self.s.save_models:
-                shots, seed = key
-                name = f"{st.category}-{shots}shot-seed{seed}{MODEL_SUFFIX}"
-                model.save(Path(self.s.save_models) / name)
+            st.trust[key] = fit_trust(st, det, key, split, clean_dists, self.s.save_models)
         return st.trust[key]
 
     def _clean_fields(
@@ -323,18 +301,8 @@ class Evaluation:
             dists = self._clean_distances(st, det, *key)
             scored = ScoredSet(dists, st.clean_features, st.images)
             scores = det.scores_from_distances(dists)
-            st.clean_fields[key] = self._assess(st.trust[key], scores, scored, st)
+            st.clean_fields[key] = assess(st.trust[key], scores, scored, st.flag_inputs)
         return st.clean_fields[key]
-
-    def _assess(
-        self, trust: TrustEngine, scores: np.ndarray, scored: ScoredSet, st: CategoryState
-    ) -> Assessment:
-        """The trust engine's fields for a scored image set (no flags when its images do
-        not form one batch: the engine then has none either)."""
-        values = {}
-        if trust.flags_:
-            values = trust.flag_values(scores, st.flag_inputs.inputs(scored))
-        return trust.assess(scores, values)
 
     def _pixel_columns(self, st: CategoryState, dists: list[Tensor]) -> dict[str, float]:
         """Pixel AUROC and AUPRO over the images that have masks: maps batched on the
@@ -360,13 +328,13 @@ class Evaluation:
         memory for the category; computed from the clean features when a resumed run
         needs them."""
         if (shots, seed) not in st.clean_distances:
-            unit = Unit(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
+            unit = ResultKey(self.s.dataset, st.category, shots, seed, CLEAN, 0.0)
             st.clean_distances[shots, seed] = self._distances(
                 st, det, unit, st.clean_features, st.clean_foreground
             )
         return st.clean_distances[shots, seed]
 
-    def _test_set(self, unit: Unit) -> tuple | None:
+    def _test_set(self, unit: ResultKey) -> tuple | None:
         """What identifies the features a unit scores across its category's units: clean,
         or an attack that does not depend on the bank (once per seed and eps); None for
         score attacks (computed per unit)."""
@@ -380,7 +348,7 @@ class Evaluation:
         self,
         st: CategoryState,
         det: AnomalyDINO,
-        unit: Unit,
+        unit: ResultKey,
         features: list[Tensor],
         foreground: list[Tensor] | None,
     ) -> list[Tensor]:
@@ -436,7 +404,7 @@ class Evaluation:
                 score_objective = self._score_objective(st, det, attack.name, k, seed, split)
                 adv = self.attacker.images(st, attack, score_objective, seed)
                 feats = self._features(st, adv, f"{cond} features")
-                out[k] = (feats, det.foreground(feats), adv)
+                out[k] = Scored(feats, det.foreground(feats), adv)
                 self.shot_seconds[k] = self.clock.take()
             return out
         objective_for: Callable[[list[int]], Callable[[Tensor], Tensor] | None]
@@ -455,4 +423,4 @@ class Evaluation:
 
         adv = self.attacker.images(st, attack, objective_for, seed)
         feats = self._features(st, adv, f"{cond} features")
-        return {k: (feats, det.foreground(feats), adv) for k in shots}
+        return {k: Scored(feats, det.foreground(feats), adv) for k in shots}

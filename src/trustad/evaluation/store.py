@@ -55,7 +55,7 @@ def result_columns() -> list[str]:
     return cols
 
 
-def unit_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps: Any) -> tuple:
+def result_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps: Any) -> tuple:
     """The identity of one result row, the same whether its values come from a CSV file
     (strings) or from a running evaluation; eps is compared to 6 significant digits."""
     eps = float(f"{float(eps):.6g}")
@@ -63,7 +63,7 @@ def unit_key(dataset: Any, category: Any, shots: Any, seed: Any, cond: Any, eps:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    return unit_key(*(row[c] for c in KEY_COLUMNS))
+    return result_key(*(row[c] for c in KEY_COLUMNS))
 
 
 def unique_rows(rows: Iterable[dict[str, Any]], extra: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -139,8 +139,8 @@ def read_run_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def done_units(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
-    """Unit keys already done in ``out``, read without writing anything (for a plan).
+def done_results(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
+    """ResultKey keys already done in ``out``, read without writing anything (for a plan).
     Raises like a run would when the folder holds a run with other settings."""
     out = Path(out)
     data = read_run_file(out / "run.json") if out.is_dir() else {}
@@ -226,7 +226,7 @@ class ResultStore:
     def done(
         self, dataset: str, category: str, shots: int, seed: int, cond: str, eps: float
     ) -> bool:
-        return unit_key(dataset, category, shots, seed, cond, eps) in self._done
+        return result_key(dataset, category, shots, seed, cond, eps) in self._done
 
     def add(self, results: list[dict[str, Any]], scores: list[dict[str, Any]]) -> None:
         """Write one unit: its scores first, then its results (which mark it done)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,16 +17,11 @@ from ..data import support_paths
 from ..detector import AnomalyDINO
 from ..images import ImageReadError
 from .category import DECODE_THREADS, CategoryState
-from .plan import Group
+from .plan import ConditionGroup
 from .progress import Progress
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def wait(future: Future[R]) -> R:
-    """A worker thread's result, waited for on the calling thread."""
-    return future.result()
 
 
 def prefetched(
@@ -50,7 +45,7 @@ def prefetched(
             queue.append((item, pool.submit(safe, item)))
         while queue:
             item, future = queue.popleft()
-            result = wait(future)
+            result = future.result()
             for nxt in itertools.islice(rest, 1):
                 queue.append((nxt, pool.submit(safe, nxt)))
             yield item, result
@@ -82,8 +77,8 @@ def readable_support(
     runtime: BackboneRuntime,
     log: Progress,
     skip: Callable[[str], None],
-    pending: list[Group],
-) -> list[Group]:
+    pending: list[ConditionGroup],
+) -> list[ConditionGroup]:
     """The pending units whose support images can all be read; the others are skipped
     and said so (the drawn support set names the unreadable file). Every support image's
     features are computed here, its views prepared ahead in worker threads."""
@@ -111,5 +106,5 @@ def readable_support(
     for seed, cond, eps, shots in pending:
         kept = [k for k in shots if (seed, k) not in unreadable]
         if kept:
-            out.append(Group(seed, cond, eps, kept))
+            out.append(ConditionGroup(seed, cond, eps, kept))
     return out

@@ -1,6 +1,6 @@
-"""The grid's work units and how they are split into shards.
+"""The grid's work items and how they are split into shards.
 
-A work unit is one (category, seed): inside it the category's clean features, its support
+A work item is one (category, seed): inside it the category's clean features, its support
 features and the probe of that seed are shared by every shots and condition, so it is the
 smallest piece of work that wastes nothing when it runs alone. The units of a run are
 ordered category by category, seed by seed; shard I of N is the I-th of N contiguous,
@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 from ..data import list_categories, load_category, support_paths
 from .settings import EvaluationSettings, shard_parts
-from .store import unit_key
+from .store import result_key
 
-WorkUnit = tuple[str, int]  # (category, seed)
+WorkItem = tuple[str, int]  # (category, seed)
 
 
-def all_units(categories: Sequence[str], seeds: int) -> list[WorkUnit]:
+def all_work_items(categories: Sequence[str], seeds: int) -> list[WorkItem]:
     return [(c, s) for c in categories for s in range(seeds)]
 
 
-def shard_units(units: Sequence[WorkUnit], index: int, count: int) -> list[WorkUnit]:
+def shard_work_items(units: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
     """Block ``index`` (1-based) of ``count`` contiguous, nearly equal blocks of ``units``."""
     if not 1 <= index <= count:
         raise ValueError(f"shard {index}/{count}: expected 1 <= I <= N")
@@ -32,9 +32,11 @@ def shard_units(units: Sequence[WorkUnit], index: int, count: int) -> list[WorkU
     return list(units[(index - 1) * n // count : index * n // count])
 
 
-def run_units(settings: EvaluationSettings, categories: Sequence[str]) -> list[WorkUnit]:
+def run_work_items(settings: EvaluationSettings, categories: Sequence[str]) -> list[WorkItem]:
     """The work units these settings ask for: all of them, or those of the shard."""
-    return shard_units(all_units(categories, settings.seeds), *shard_parts(settings.shard))
+    return shard_work_items(
+        all_work_items(categories, settings.seeds), *shard_parts(settings.shard)
+    )
 
 
 @dataclass
@@ -60,7 +62,7 @@ def expected_keys(settings: EvaluationSettings, seen_categories: Sequence[str] =
         note = f"the data folder could not be read ({exc}); expected units are approximate"
     keys = set()
     trains: dict[str, Sequence | None] = {}
-    for category, seed in run_units(s, categories):
+    for category, seed in run_work_items(s, categories):
         if category not in trains:
             trains[category] = training_images(s, category) if readable else None
         keys |= unit_keys(s, category, seed, trains[category])
@@ -88,5 +90,5 @@ def unit_keys(
             except ValueError:
                 continue
         for cond, eps in settings.conditions():
-            keys.add(unit_key(settings.dataset, category, k, seed, cond, eps))
+            keys.add(result_key(settings.dataset, category, k, seed, cond, eps))
     return keys

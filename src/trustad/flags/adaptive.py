@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from ..detector import image_scores, patch_distances
+from ..detector import image_scores
 from .base import BaseFlag, FlagInputs
 
 DEFAULT_LAMBDA = 1.0
@@ -40,11 +39,7 @@ def flag_aware_score_loss(
     sign = 1.0 - 2.0 * labels.detach().reshape(-1).float()
 
     def loss(x: Tensor) -> Tensor:
-        feats = detector.backbone.patch_features(x.to(detector.device)).float()
-        dist = patch_distances(feats, detector.memory_bank_, detector.knn)
-        masks = detector.foreground(list(feats.detach()))
-        if masks is not None:
-            dist = dist * torch.stack(masks).to(dist.device, dist.dtype)
+        feats, dist = detector.pixel_distances(x)
         scores = image_scores(dist)
         stat = flag.surrogate(FlagInputs(dist, feats, x)).float()
         s = sign.to(scores.device)

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..detector import patch_distances
 from .base import BaseFlag, FlagInputs
 
 JPEG_QUALITY = 75
@@ -81,16 +80,9 @@ class StabilityFlag(BaseFlag):
     def transformed_distances(self, x: Tensor) -> list[Tensor]:
         """Distance grids (B, h, w) of each transformed batch, masked as the detector masks."""
         det = self.detector_
-        device = det.device
-        out = []
-        for name in self.transforms:
-            feats = det.backbone.patch_features(TRANSFORMS[name](x.to(device))).float()
-            d = patch_distances(feats, det.memory_bank_, det.knn)
-            masks = det.foreground(list(feats.detach()))
-            if masks is not None:
-                d = d * torch.stack(masks).to(d.device, d.dtype)
-            out.append(d)
-        return out
+        return [
+            det.pixel_distances(TRANSFORMS[name](x.to(det.device)))[1] for name in self.transforms
+        ]
 
     def compute(self, inputs: FlagInputs) -> Tensor:
         d = inputs.distances.to(self.detector_.device)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
+from .scored import ScoredImages, flag_inputs
 from .state import Prediction, image_record, json_safe
 from .trust import (
     DEFAULT_CALIBRATOR,
@@ -40,7 +41,6 @@ from .trust import (
     FlagReference,
     TrustEngine,
     TrustOptions,
-    flag_reference,
 )
 
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
@@ -203,7 +203,7 @@ class FittedDetector:
         self.fit_features(feats, records)
         loo = det.leave_one_out_distances(per_image)
         loo_scores = det.scores_from_distances(loo)
-        loo_set = _Scored(loo, [f[0] for f in per_image], [v[0] for v in views], loo_scores)
+        loo_set = ScoredImages(loo, [f[0] for f in per_image], [v[0] for v in views], loo_scores)
         cal_set, labels, recs = None, np.zeros(0), []
         if calibration:
             tensors, _ = det.runtime.preprocess(calibration)
@@ -216,7 +216,7 @@ class FittedDetector:
                 for i, (img, lab) in enumerate(zip(calibration, labels))
             ]
             normal = [i for i, lab in enumerate(labels) if lab == 0]
-            cal_set = _Scored(dists, cal_feats, tensors, det.scores_from_distances(dists))
+            cal_set = ScoredImages(dists, cal_feats, tensors, det.scores_from_distances(dists))
             cal_normal = cal_set.pick(normal)
         # The flags' normal reference: the normal calibration images, else the support
         # images as scored leave-one-out.
@@ -276,7 +276,7 @@ class FittedDetector:
         groups = [list(range(len(dists)))] if len(shapes) == 1 else [[i] for i in range(len(dists))]
         parts = []
         for idx in groups:
-            inputs = _flag_inputs(
+            inputs = flag_inputs(
                 [dists[i] for i in idx],
                 [features[i] for i in idx],
                 None if images[0] is None else [images[i] for i in idx],
@@ -394,43 +394,6 @@ class FittedDetector:
         model.map_range_ = None if s["map_range"] is None else tuple(s["map_range"])
         model.format_version_ = s["format_version"]
         return model
-
-
-class _Scored(NamedTuple):
-    """Preprocessed images with their features, patch distances and scores."""
-
-    distances: list[Tensor]
-    features: list[Tensor]
-    images: list[Tensor]
-    scores: np.ndarray
-
-    def pick(self, index: Sequence[int]) -> _Scored:
-        return _Scored(
-            [self.distances[i] for i in index],
-            [self.features[i] for i in index],
-            [self.images[i] for i in index],
-            self.scores[list(index)],
-        )
-
-    def references(self, envelope: bool) -> list[FlagReference]:
-        """Flag references, one per group of equally-sized images."""
-        groups: dict[tuple, list[int]] = {}
-        for i, (d, x) in enumerate(zip(self.distances, self.images)):
-            groups.setdefault((tuple(d.shape), tuple(x.shape)), []).append(i)
-        out = []
-        for index in groups.values():
-            part = self.pick(index)
-            inputs = _flag_inputs(part.distances, part.features, part.images)
-            out.append(flag_reference(inputs, part.scores, envelope))
-        return out
-
-
-def _flag_inputs(
-    dists: Sequence[Tensor], features: Sequence[Tensor], images: Sequence[Tensor] | None
-) -> FlagInputs:
-    """The flags' inputs of equally-sized images, on the CPU (flags that need the device
-    move what they use)."""
-    return FlagInputs(list(dists), list(features), None if images is None else list(images))
 
 
 def _check_weights(path: Any, recorded: dict | None, source: Any) -> None:
