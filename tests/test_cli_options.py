@@ -84,6 +84,14 @@ def test_predict_csv_equals_jsonl_and_resumes(fitted, capsys):
         assert float(row["probability"]) == line["probability"]
         assert row["decision"] == json.dumps(line["decision"])  # true/false as in JSON
         assert row["flag"] == json.dumps(line["flag"]) and row["error"] == ""
+        low, high = line["probability_interval"]  # the default calibrator gives one
+        assert (
+            float(row["probability_interval_low"]),
+            float(row["probability_interval_high"]),
+        ) == (
+            low,
+            high,
+        )
     # a rerun keeps the good rows once, drops the failed one and tries it again
     (test / "broken.png").unlink()
     capsys.readouterr()

@@ -3,8 +3,9 @@ images a results file already holds (so that a rerun skips them).
 
 A record has the image's ``path`` and either the prediction's fields (and ``map``, the
 overlay's path, with ``--maps``) or ``error``. In CSV every record has every column
-(``CSV_COLUMNS``): an absent value is empty, booleans are ``true``/``false`` as in JSON,
-and non-finite numbers are ``inf``/``-inf``/``nan``.
+(``CSV_COLUMNS``): an interval ``[low, high]`` is two columns ``<name>_low`` and
+``<name>_high``, an absent value is empty, booleans are ``true``/``false`` as in JSON, and
+non-finite numbers are ``inf``/``-inf``/``nan``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +23,18 @@ from ..model import Prediction, json_safe
 
 FORMATS = ("jsonl", "csv")
 PREDICTION_FIELDS = [f.name for f in fields(Prediction) if f.name != "anomaly_map"]
-CSV_COLUMNS = ["path", *PREDICTION_FIELDS, "map", "error"]
+# Fields holding a [low, high] pair: two CSV columns each.
+INTERVALS = [
+    name
+    for name in PREDICTION_FIELDS
+    if typing.get_type_hints(Prediction)[name] == list[float] | None
+]
+CSV_COLUMNS = [
+    "path",
+    *(c for n in PREDICTION_FIELDS for c in ([f"{n}_low", f"{n}_high"] if n in INTERVALS else [n])),
+    "map",
+    "error",
+]
 
 
 def format_for(out: Path | None, asked: str | None) -> str:
@@ -29,6 +42,16 @@ def format_for(out: Path | None, asked: str | None) -> str:
     if asked is not None:
         return asked
     return "csv" if out is not None and out.suffix.lower() == ".csv" else "jsonl"
+
+
+def flat(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with each interval as its ``_low`` and ``_high`` values."""
+    out = dict(record)
+    for name in INTERVALS:
+        pair = out.pop(name, None)
+        if pair is not None:
+            out[f"{name}_low"], out[f"{name}_high"] = pair
+    return out
 
 
 def csv_value(value: Any) -> str:
@@ -54,7 +77,8 @@ class RecordWriter:
         if self.csv is None:
             self.sink.write(json.dumps(json_safe(record)) + "\n")
         else:
-            self.csv.writerow([csv_value(record.get(column)) for column in CSV_COLUMNS])
+            row = flat(record)
+            self.csv.writerow([csv_value(row.get(column)) for column in CSV_COLUMNS])
 
     def flush(self) -> None:
         self.sink.flush()
