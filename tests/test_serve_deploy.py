@@ -6,7 +6,12 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -235,3 +240,40 @@ def test_batcher_reports_a_failed_batch_to_each_request_and_drains_on_close(fitt
         assert waiting.result().score == pytest.approx(model.predict([good])[0].score, rel=1e-5)
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.score(good, maps=False)
+
+
+@pytest.mark.real_weights
+def test_serve_command_reads_the_token_file_and_logs_each_request(
+    converted, real_backbone, tmp_path
+):
+    """`trustad serve` as a user starts it: the token from --token-file, the access log on
+    standard error."""
+    images = make_part_folders(tmp_path / "data")
+    model = FittedDetector(real_backbone, resolution=RES, rotate=False, calibrator=None)
+    path = model.fit(images["good"]).save(tmp_path / "part.safetensors")
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-c", "import sys; from trustad.cli import main; sys.exit(main())"]
+    command += ["serve", str(path), "--port", str(port), "--device", "cpu"]
+    command += ["--token-file", str(tmp_path / "token"), "--weights", str(converted.path)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/health")
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.2)
+        assert post(url, images["test"][0]).status_code == 401
+        assert post(url, images["test"][1], headers=AUTH).status_code == 200
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert "(a token)" in err
+    assert re.search(r"Z POST /predict 401 [\d.]+ms image=- decision=- flag=-\n", err), err
+    assert re.search(r"Z POST /predict 200 [\d.]+ms image=64x60 decision=\S+ flag=\S+\n", err)
