@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,12 +243,29 @@ def test_batcher_reports_a_failed_batch_to_each_request_and_drains_on_close(fitt
         batcher.score(good, maps=False)
 
 
+def worker_processes(pid: int) -> int:
+    """Child processes of ``pid`` started by multiprocessing's spawn (uvicorn's workers)."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            count += 1
+    return count
+
+
 @pytest.mark.real_weights
+@pytest.mark.parametrize("workers", [1, 2])
 def test_serve_command_reads_the_token_file_and_logs_each_request(
-    converted, real_backbone, tmp_path
+    converted, real_backbone, tmp_path, workers
 ):
     """`trustad serve` as a user starts it: the token from --token-file, the access log on
-    standard error."""
+    standard error, and with --workers the metrics summed over the processes."""
+    if workers > 1 and not Path("/proc/self/stat").exists():
+        pytest.skip("counting worker processes reads /proc")
     images = make_part_folders(tmp_path / "data")
     model = FittedDetector(real_backbone, resolution=RES, rotate=False, calibrator=None)
     path = model.fit(images["good"]).save(tmp_path / "part.safetensors")
@@ -258,10 +276,11 @@ def test_serve_command_reads_the_token_file_and_logs_each_request(
     command = [sys.executable, "-c", "import sys; from trustad.cli import main; sys.exit(main())"]
     command += ["serve", str(path), "--port", str(port), "--device", "cpu"]
     command += ["--token-file", str(tmp_path / "token"), "--weights", str(converted.path)]
+    command += ["--workers", str(workers)]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
                 httpx.get(f"{url}/health")
@@ -270,10 +289,21 @@ def test_serve_command_reads_the_token_file_and_logs_each_request(
                 assert server.poll() is None and time.monotonic() < deadline, "no server"
                 time.sleep(0.2)
         assert post(url, images["test"][0]).status_code == 401
-        assert post(url, images["test"][1], headers=AUTH).status_code == 200
+        for p in images["test"]:
+            assert post(url, p, headers=AUTH).status_code == 200
+        m = metric_samples(httpx.get(f"{url}/metrics", headers=AUTH).text)
+        served_by = worker_processes(server.pid)
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=60)
-    assert "(a token)" in err
+    assert "(a token" in err
+    assert served_by == (workers if workers > 1 else 0)
+    ok = m[
+        ("trustad_requests_total", (("method", "POST"), ("path", "/predict"), ("status", "200")))
+    ]
+    assert ok == len(images["test"])  # every worker's requests counted
     assert re.search(r"Z POST /predict 401 [\d.]+ms image=- decision=- flag=-\n", err), err
-    assert re.search(r"Z POST /predict 200 [\d.]+ms image=64x60 decision=\S+ flag=\S+\n", err)
+    assert (
+        len(re.findall(r"Z POST /predict 200 [\d.]+ms image=64x60 decision=\S+ flag=\S+\n", err))
+        == 4
+    )

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from ..backbone.runtime import DEFAULT_BATCH_SIZE
-from ..serve.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_WAIT_MS
-from .options import add_device_option, add_setting_options, device_of
+import torch
+
+from ..backbone.runtime import DEFAULT_BATCH_SIZE, resolve_device
+from ..serve.defaults import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_WAIT_MS,
+    MULTIPROCESS_METRICS_ENV,
+)
+from .options import add_device_option, add_setting_options
 
 TOKEN_ENV = "TRUSTAD_TOKEN"
+# How `serve --workers N` hands its options to the worker processes.
+WORKER_OPTIONS_ENV = "TRUSTAD_SERVE_OPTIONS"
+WORKER_OPTIONS = (
+    "model",
+    "weights",
+    "device",
+    "token_file",
+    "max_batch",
+    "max_wait_ms",
+    "max_upload_mb",
+    "max_pixels",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="POST /predict (multipart field 'file', ?map=none|png|base64), GET "
         "/health, GET /model, GET /metrics (Prometheus), GET /docs (works offline), and a "
         "web page at /. Concurrent requests are scored in batches (--max-batch, "
-        "--max-wait-ms); one access-log line per request goes to standard error. To use "
-        "several processes, start one `trustad serve` per port on the same model file and "
-        "balance them with a reverse proxy: the model file is only read.",
+        "--max-wait-ms); one access-log line per request goes to standard error. --workers N "
+        "runs N processes on one port.",
     )
     p.add_argument("model", help="model file written by `trustad fit`")
     p.add_argument(
@@ -55,6 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_MAX_WAIT_MS,
         help="how long a request waits for others to join its batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the model on the same port, each with its own copy of the "
+        "model and a share of the CPU threads; /metrics sums their counts (default %(default)s)",
     )
     p.add_argument(
         "--max-upload-mb",
@@ -98,38 +127,83 @@ def log_access_to_stderr() -> None:
     ACCESS_LOG.propagate = False
 
 
+def load_model(options: dict[str, Any]) -> Any:
+    from ..model import FittedDetector
+
+    return FittedDetector.load(
+        options["model"],
+        weights=options["weights"],
+        device=resolve_device(options["device"]),
+        batch_size=options["max_batch"],
+    )
+
+
+def build_app(options: dict[str, Any], model: Any) -> Any:
+    """The service for the options of ``trustad serve`` (a dict, so that worker processes
+    can get them from the environment)."""
+    from ..serve import create_app
+
+    return create_app(
+        model,
+        max_upload_bytes=int(options["max_upload_mb"] * 2**20),
+        max_pixels=options["max_pixels"],
+        token=service_token(options["token_file"]),
+        max_batch=options["max_batch"],
+        max_wait_ms=options["max_wait_ms"],
+    )
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``serve --workers N`` (a uvicorn factory)."""
+    options = json.loads(os.environ[WORKER_OPTIONS_ENV])
+    torch.set_num_threads(options["threads"])
+    log_access_to_stderr()
+    return build_app(options, load_model(options))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..serve import create_app
+        from ..serve import create_app  # noqa: F401 (the extra is there)
     except ImportError as exc:
         raise RuntimeError(
             f"trustad serve needs the serve extra ({exc.name} is missing): "
             "pip install 'trustad[serve]'"
         ) from exc
-    from ..model import FittedDetector
-
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    options = {name: getattr(args, name) for name in WORKER_OPTIONS}
     token = service_token(args.token_file)
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=device_of(args), batch_size=args.max_batch
-    )
-    app = create_app(
-        model,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels,
-        token=token,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-    )
+    # Loaded here in every case, so that a bad model or weights file is one clear error
+    # before any worker starts.
+    model = load_model(options)
     log_access_to_stderr()
     access = "a token" if token else "no token"
-    print(f"serving {args.model} on http://{args.host}:{args.port}/ ({access})", file=sys.stderr)
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    print(
+        f"serving {args.model} on http://{args.host}:{args.port}/ ({access}{workers})",
+        file=sys.stderr,
+    )
     if token is None and not is_loopback(args.host):
         print(
             f"warning: {args.host} is reachable from the network and the service has no token "
             f"(--token-file or {TOKEN_ENV})",
             file=sys.stderr,
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    common = dict(host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.workers == 1:
+        uvicorn.run(build_app(options, model), **common)
+        return 0
+    del model  # each worker loads its own
+    # Each worker loads the model and splits the CPU threads; their counters are summed
+    # through files in a private folder (prometheus_client's multiprocess mode).
+    threads = max(1, torch.get_num_threads() // args.workers)
+    os.environ[WORKER_OPTIONS_ENV] = json.dumps({**options, "threads": threads})
+    metrics = tempfile.mkdtemp(prefix="trustad-metrics-")
+    os.environ[MULTIPROCESS_METRICS_ENV] = metrics
+    try:
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
     return 0

@@ -5,3 +5,5 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 # How long a request waits for others to join its batch: small beside a backbone pass.
 DEFAULT_MAX_WAIT_MS = 10.0
+# prometheus_client's multiprocess mode: where worker processes keep their counts.
+MULTIPROCESS_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"

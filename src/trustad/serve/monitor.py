@@ -12,6 +12,7 @@ Access-log line (logger ``trustad.serve.access``), fields separated by spaces::
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,9 +22,11 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 from ..model import Prediction
+from .defaults import MULTIPROCESS_METRICS_ENV
 
 ACCESS_LOG = logging.getLogger("trustad.serve.access")
 # Seconds; a CPU scores one image at 224 px in about 0.1-1 s, a queue adds multiples.
@@ -119,5 +122,10 @@ class Monitor:
     content_type = CONTENT_TYPE_LATEST
 
     def exposition(self) -> bytes:
-        """The metrics in the Prometheus text format."""
+        """The metrics in the Prometheus text format; with several worker processes
+        (``serve --workers``), the sums over all of them."""
+        if os.environ.get(MULTIPROCESS_METRICS_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
