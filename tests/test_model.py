@@ -108,6 +108,12 @@ def test_the_noise_level_flag_reads_the_pixels(tiny_vit, images, tmp_path):
     n_cal = {k: len(images[k]) for k in ("cal_good", "cal_bad")}
     assert model.anomaly_rate == n_cal["cal_bad"] / (n_cal["cal_good"] + n_cal["cal_bad"])
     assert all(p.gated_probability == model.anomaly_rate for p in flagged)
+    assert all(
+        p.flag_reason.startswith("noise_level ") and "camera" in p.flag_reason for p in flagged
+    )
+    assert all(
+        p.flag_reason is None for p in model.predict(images["test"], maps=False) if not p.flag
+    )
     again = FittedDetector.load(model.save(tmp_path / "m.safetensors"), tiny_vit)
     assert again.flag == "noise_level" and again.flag_.threshold_ == model.flag_.threshold_
 

@@ -72,3 +72,34 @@ def test_predict_with_a_saved_model_reproduces_scores_csv(dataset, tmp_path):
             checked += 1
         assert any(r["flag"] != "" for r in rows) and any(r["p_value"] != "" for r in rows)
     assert checked >= 8
+
+
+def test_benign_corruptions_are_conditions_with_flag_rates(dataset, tmp_path):
+    settings = EvaluationSettings(
+        dataset="folder",
+        root=str(dataset),
+        categories=["brick"],
+        shots=[1],
+        seeds=1,
+        resolution=56,
+        attacks=["noise"],
+        corruptions=["gaussian-noise:2", "jpeg:70"],
+        calibration_fraction=0.5,
+    )
+    assert [c for c, _ in settings.conditions()] == [
+        "clean",
+        "noise",
+        "gaussian-noise:2",
+        "jpeg:70",
+    ]
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path, progress=False).run()
+    by_condition = {r["condition"]: r for r in rows}
+    assert set(by_condition) == {"clean", "noise", "gaussian-noise:2", "jpeg:70"}
+    for row in rows:
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["ece_bayes"] <= 1.0
+        assert 0.0 <= row["flag_rate_noise_level"] <= 1.0
+    # 8/255 sign noise is outside the benign envelope; 2 grey levels of camera noise inside.
+    assert by_condition["noise"]["flag_rate_noise_level"] == 1.0
+    assert by_condition["gaussian-noise:2"]["flag_rate_noise_level"] == 0.0
+    with pytest.raises(ValueError, match="bogus"):
+        EvaluationSettings(dataset="folder", root=str(dataset), corruptions=["bogus:1"])

@@ -60,3 +60,10 @@ def flag_columns(
     clean_values = {n: clean.flag_values[n][idx] for n in flags}
     current_values = {n: current.flag_values[n][idx] for n in flags}
     return columns_from_values(flags, clean_values, current_values)
+
+
+def flag_rate_columns(fields: Assessment, split: Split) -> dict[str, float]:
+    """``flag_rate_<name>``: the share of evaluation images each fitted flag fires on (on
+    clean and benign conditions, its false-flag rate)."""
+    idx = split.evaluation
+    return {f"flag_rate_{n}": float(v[idx].mean()) for n, v in fields.flagged.items() if len(idx)}

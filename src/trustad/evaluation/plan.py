@@ -26,7 +26,7 @@ from ..detector import ROTATION_ANGLES
 from ..flags import FLAG_COSTS
 from .rows import ResultKey
 from .runlog import format_seconds
-from .settings import CLEAN, EvaluationSettings
+from .settings import CLEAN, EvaluationSettings, is_corruption
 from .store import result_key
 
 SEARCH_BANK_IMAGES = 8  # support images in the bank the search is timed on
@@ -128,6 +128,9 @@ def category_plan(
     for g in groups:
         plan.search += n * views * sum(g.shots)  # every unit scores its test images
         if g.condition == CLEAN:
+            continue
+        if is_corruption(g.condition):  # one pass per test image, shared by the shots
+            plan.forward += n + flag_passes(settings) * 2 * n * len(g.shots)
             continue
         attack = settings.attack(g.condition, g.eps)
         copies = len(g.shots) if attack.targets_score else 1

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import batches
+from ..corruptions import parse_corruption
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -35,7 +36,7 @@ from ..pixel_metrics import aupro_torch, pixel_auroc_torch, pixel_targets
 from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
-from .flagging import FlagInputCache, ScoredSet, flag_columns
+from .flagging import FlagInputCache, ScoredSet, flag_columns, flag_rate_columns
 from .plan import ConditionGroup, make_plan, pending_groups, rotates_support
 from .progress import Progress, Stopwatch
 from .rows import (
@@ -51,7 +52,7 @@ from .rows import (
     share_seconds,
     timing_columns,
 )
-from .settings import CLEAN, EvaluationSettings
+from .settings import CLEAN, EvaluationSettings, is_corruption
 from .store import TIMING_COLUMNS, ResultStore
 from .support import readable_support, support_features
 from .trust import assess, fit_trust
@@ -163,6 +164,8 @@ class Evaluation:
             split = calibration_split(st.labels, self.s.calibration_fraction, seed)
             if cond == CLEAN:
                 per_shot = {k: Scored(st.clean_features, st.clean_foreground, None) for k in shots}
+            elif is_corruption(cond):
+                per_shot = self._corrupted(st, det, cond, seed, shots)
             else:
                 per_shot = self._adversarial(st, det, cond, eps, seed, shots, split)
             group = share_seconds(self.clock.take(), len(shots))
@@ -249,13 +252,15 @@ class Evaluation:
         fields = clean
         flag_cols = {}
         if attacked is not None:
-            attack = self.s.attack(unit.condition, unit.eps)
-            if attack.needs_objective and not attack.targets_score and st.masks is None:
-                notes.append(IMAGE_LABEL_PROBE)
+            if not is_corruption(unit.condition):
+                attack = self.s.attack(unit.condition, unit.eps)
+                if attack.needs_objective and not attack.targets_score and st.masks is None:
+                    notes.append(IMAGE_LABEL_PROBE)
             fields = assess(trust, scores, ScoredSet(dists, features, attacked), st.flag_inputs)
             flag_cols = flag_columns(self.s.flag_names(), trust, clean, fields, split)
         row = result_row(unit, st.labels, fields, clean, trust, split, self.s.flag_rate, notes)
         row.update(flag_cols)
+        row.update(flag_rate_columns(fields, split))
         if fields.flag is not None:
             row.update(gated_columns(fields, st.labels, split, trust))
         if self.s.pixel_metrics and st.masks is not None:
@@ -340,6 +345,8 @@ class Evaluation:
         score attacks (computed per unit)."""
         if unit.condition == CLEAN:
             return (CLEAN,)
+        if is_corruption(unit.condition):
+            return (unit.condition, unit.eps, unit.seed)
         if self.s.attack(unit.condition, unit.eps).targets_score:
             return None
         return (unit.condition, unit.eps, unit.seed)
@@ -362,6 +369,18 @@ class Evaluation:
         sizes = [sum(v[..., 0].numel() for v in st.support_features[p]) for p in paths]
         nearest = st.nearest.indices(key, features, det.memory_bank_, paths, sizes)
         return det.distances_from_nearest(features, nearest, foreground)
+
+    def _corrupted(
+        self, st: CategoryState, det: AnomalyDINO, cond: str, seed: int, shots: list[int]
+    ) -> dict[int, Scored]:
+        """The test images under a benign corruption (one draw per seed), scored by every
+        shot count."""
+        corruption = parse_corruption(cond)
+        generator = torch.Generator().manual_seed(seed)
+        with self.clock("attack"):
+            images = [corruption.apply(x, generator) for x in st.images]
+        feats = self._features(st, images, f"{cond} features")
+        return {k: Scored(feats, det.foreground(feats), images) for k in shots}
 
     # -- attacks ------------------------------------------------------------------------
     def _score_objective(

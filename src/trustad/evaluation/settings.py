@@ -18,6 +18,7 @@ from ..backbone.preprocess import DEFAULT_RESOLUTION
 from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..backbone.weights import DEFAULT_BACKBONE
 from ..calibration import CALIBRATORS, DEFAULT_CALIBRATION_FRACTION
+from ..corruptions import parse_corruption
 from ..data import DATASETS, PREPROCESSING, category_defaults
 from ..detector import MASK_MORPHOLOGY
 from ..flags import (
@@ -64,6 +65,19 @@ def parse_shard(text: str) -> str:
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"shard I/N needs 1 <= I <= N, got {text!r}")
     return f"{i}/{n}"
+
+
+def parse_corruption_label(text: str) -> str:
+    """A benign corruption "NAME:LEVEL" in its normal form (``trustad.corruptions``)."""
+    try:
+        return parse_corruption(text).label
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def is_corruption(condition: str) -> bool:
+    """Whether a condition is a benign corruption ("NAME:LEVEL"), not clean or an attack."""
+    return ":" in condition
 
 
 def shard_parts(shard: str | None) -> tuple[int, int]:
@@ -163,6 +177,16 @@ class EvaluationSettings:
     )
     attacks: list[str] = option(
         ["none"], "conditions besides clean", group="attack", choices=ATTACKS, flag="attack"
+    )
+    corruptions: list[str] = option(
+        [],
+        "benign conditions NAME:LEVEL (gaussian-noise:GREY_LEVELS, jpeg:QUALITY, blur:SIGMA_PX, "
+        "brightness:PERCENT, contrast:PERCENT, shift:PX): ordinary camera variation, scored "
+        "with every metric and the share each flag fires on (flag_rate_<flag>)",
+        group="attack",
+        flag="corruption",
+        parse=parse_corruption_label,
+        metavar="NAME:LEVEL",
     )
     eps: list[float] = option(
         [DEFAULT_EPS],
@@ -325,8 +349,9 @@ class EvaluationSettings:
             raise ValueError(str(exc)) from exc
         category_defaults(self.dataset, "", self.preprocessing)  # checks both names
         self.probe(0)
-        for name, eps in self.conditions()[1:]:
-            self.attack(name, eps)
+        for name, eps in self.conditions()[1:]:  # parses the corruptions too
+            if not is_corruption(name):
+                self.attack(name, eps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -337,12 +362,13 @@ class EvaluationSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def conditions(self) -> list[tuple[str, float]]:
-        """(condition name, eps) in run order: clean first."""
+        """(condition name, eps) in run order: clean first, then the attacks, then the benign
+        corruptions (eps 0)."""
         out = [(CLEAN, 0.0)]
         for attack in self.attacks:
             if attack != "none":
                 out += [(attack, float(e)) for e in self.eps]
-        return out
+        return out + [(parse_corruption(c).label, 0.0) for c in self.corruptions]
 
     def calibrator_options(self, name: str) -> dict[str, Any]:
         """Constructor options of calibrator ``name`` under these settings."""
@@ -408,6 +434,7 @@ RESUME_FREE = frozenset(
         "save_examples",
         "save_models",
         "attacks",
+        "corruptions",
         "eps",
         "shots",
         "seeds",

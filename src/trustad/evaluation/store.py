@@ -48,7 +48,7 @@ def result_columns() -> list[str]:
     cols = [*KEY_COLUMNS, "n_images", "n_anomalous", *DETECTION_COLUMNS, *PIXEL_COLUMNS]
     cols += [f"{m}_{c}" for m in CALIBRATION_METRICS for c in cal.CALIBRATORS]
     cols += [f"{m}_{c}" for m in FLAG_METRICS for c in FLAGGED_CALIBRATORS]
-    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr")]
+    cols += [f"{m}_{f}" for f in FLAGS for m in (*FLAG_METRICS, "flag_ffr", "flag_rate")]
     cols += [f"{m}_{c}" for m in GATED_METRICS for c in cal.CALIBRATORS] + ["gated_share"]
     cols += ["conformal_threshold", "conformal_far", "conformal_tpr"]
     cols += ["n_calibration", "n_evaluation", "linf", "psnr", "note", *TIMING_COLUMNS]

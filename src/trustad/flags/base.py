@@ -111,6 +111,10 @@ class Flag(Protocol):
 
     def fit(self, clean_values: ArrayLike, false_flag_rate: float = ...) -> Flag: ...
 
+    def reason(self, value: float) -> str:
+        """Why an input with statistic ``value`` is flagged, for the person who reads it."""
+        return f"{self.name} {value:.4g} above its threshold {self.threshold_:.4g}: {self.advice}"
+
     def predict(self, values: ArrayLike) -> np.ndarray: ...
 
 
@@ -128,6 +132,8 @@ class BaseFlag:
     name = ""
     cost = 0
     needs: tuple[str, ...] = ("distances",)
+    # What a flagged answer means and what to do, in plain words (``reason``).
+    advice = "unlike the good images: check the set-up, then re-take"
     # True when the statistic depends on the images alone (not on the detector or a
     # reference): its values are then kept in the inputs' memo.
     image_only = False
@@ -189,6 +195,10 @@ class BaseFlag:
         # A scale for standardising (combinations, adaptive losses); never zero.
         self.clean_scale_ = float(max(values.std(), 1e-3 * abs(values.mean()), 1e-12))
         return self
+
+    def reason(self, value: float) -> str:
+        """Why an input with statistic ``value`` is flagged, for the person who reads it."""
+        return f"{self.name} {value:.4g} above its threshold {self.threshold_:.4g}: {self.advice}"
 
     def predict(self, values: ArrayLike) -> np.ndarray:
         """True where the statistic is above the threshold (the input is flagged)."""

@@ -20,6 +20,7 @@ class CombinedFlag(BaseFlag):
     """max over members of (statistic - clean mean) / clean spread."""
 
     name = "combined"
+    advice = "unlike the good images on at least one statistic: check the camera and the set-up, then re-take"
 
     def __init__(self, members: Sequence[BaseFlag]) -> None:
         if not members:

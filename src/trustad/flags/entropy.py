@@ -18,6 +18,7 @@ class EntropyFlag(BaseFlag):
     """Binary entropy (nats) of the calibrated probability of anomaly."""
 
     name = "entropy"
+    advice = "the probability is close to undecided: have a person look at the part"
     needs = ("probabilities",)
 
     def compute(self, inputs: FlagInputs) -> Tensor:

@@ -37,6 +37,7 @@ class NoiseLevelFlag(BaseFlag):
     """Median absolute noise response over every pixel and channel (in units of [0, 1])."""
 
     name = "noise_level"
+    advice = "much noisier than the good images: check the camera (gain, exposure, compression), then re-take"
     needs = ("distances", "images")
     image_only = True
 

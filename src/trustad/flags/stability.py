@@ -65,6 +65,7 @@ class StabilityFlag(BaseFlag):
     ``TRANSFORMS``, averaged over the transforms (one backbone pass each)."""
 
     name = "stability"
+    advice = "the answer moves under slight re-encoding, blur or a 2-pixel shift, as a manipulated image does: re-take the picture"
     needs = ("distances", "images")
 
     def __init__(self, transforms: tuple[str, ...] = tuple(TRANSFORMS)) -> None:

@@ -34,6 +34,7 @@ class MedianDistanceFlag(BaseFlag):
     """Median patch distance to the memory bank: the level of the whole map."""
 
     name = "median"
+    advice = "the whole image is far from the good images (lighting, focus, another product?): check the set-up"
 
     def compute(self, inputs: FlagInputs) -> Tensor:
         return _flat(inputs.distances).median(dim=1).values
@@ -44,6 +45,7 @@ class ExceedanceFlag(BaseFlag):
     all patch distances of the clean calibration images."""
 
     name = "exceed"
+    advice = "an unusual share of the image lies outside the good images' range: check lighting and framing"
     uses_reference = True
 
     def reference(self, clean: FlagInputs) -> None:
@@ -64,6 +66,7 @@ class FeatureNormFlag(BaseFlag):
     images' patches (either direction counts: an attack may grow or shrink norms)."""
 
     name = "feature_norm"
+    advice = "the image's features are unlike the good images' (lighting, focus, another product?): check the set-up"
     needs = ("distances", "features")
     uses_reference = True
 

@@ -31,6 +31,8 @@ class Prediction:
     gated_probability: float | None = None
     # [low, high]: the 90 % credible interval of the probability (Bayesian calibrators).
     probability_interval: list[float] | None = None
+    # Why the flag fired: the statistic, its value against the threshold, what to do.
+    flag_reason: str | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

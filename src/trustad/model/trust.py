@@ -126,12 +126,14 @@ class Assessment:
     flagged: dict[str, np.ndarray]  # every fitted flag's decision
     flag: np.ndarray | None  # the prediction's flag (the gate)
     gated_probability: np.ndarray | None
+    flag_reason: list[str | None] | None  # why the prediction's flag fired (None: it did not)
 
     def prediction_fields(self, i: int) -> dict[str, Any]:
         """Image ``i``'s fields of a ``Prediction`` (plain Python values)."""
         names = ("score", "probability", "p_value", "decision", "entropy", "flag")
         out = {n: _item(getattr(self, n), i) for n in names}
         out["gated_probability"] = _item(self.gated_probability, i)
+        out["flag_reason"] = None if self.flag_reason is None else self.flag_reason[i]
         interval = self.probability_interval
         out["probability_interval"] = None if interval is None else interval[i].tolist()
         return out
@@ -305,6 +307,11 @@ class TrustEngine:
             flagged=flagged,
             flag=flag,
             gated_probability=None if p is None or flag is None else self.gate(p, flag),
+            flag_reason=None
+            if flag is None
+            else [
+                self.flag_.reason(v) if f else None for f, v in zip(flag, values[self.options.flag])
+            ],
         )
 
     def gate(self, probabilities: ArrayLike, flagged: ArrayLike) -> np.ndarray:
