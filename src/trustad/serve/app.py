@@ -202,7 +202,8 @@ def create_app(
             status = response.status_code
             return response
         finally:
-            path = request.url.path
+            # The path as sent (still percent-encoded): a client cannot break the line.
+            path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
             monitor.observe(
                 request.method,
                 path,
