@@ -91,6 +91,9 @@ def test_report_in_a_browser(report, browser):
     ]
     mean, std = statistics.mean(per_seed), statistics.pstdev(per_seed)
     cells = browser.find_elements(By.CSS_SELECTOR, "#table1 tbody tr:first-child td")
-    assert cells[3].text.startswith(f"{mean * 100:.2f} ± {std * 100:.2f} / ")
+    n_cal, n_eval = rows[0]["n_calibration"], rows[0]["n_evaluation"]
+    assert cells[2].text == f"{n_cal} / {n_eval}"  # the images each cell rests on
+    assert cells[4].text.startswith(f"{mean * 100:.2f} ± {std * 100:.2f} / ")
+    assert "Read this first" in browser.find_element(By.ID, "caveats").text
     shown = browser.find_element(By.ID, "settings").text
     assert "shots [1, 2]" in shown and TINY_SHA in shown

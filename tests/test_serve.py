@@ -12,7 +12,7 @@ from conftest import make_tiny_vit
 from model_helpers import RES, ServerThread, make_image, make_part_folders, require
 from PIL import Image
 
-from trustad.model import DEFAULT_CALIBRATOR, FittedDetector
+from trustad.model import FittedDetector
 
 httpx = require("httpx")
 require("fastapi")
@@ -49,8 +49,7 @@ def test_health_model_and_docs(served):
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     info = httpx.get(f"{url}/model").json()
     assert info["preprocessing"]["resolution"] == RES
-    assert info["calibrator"]["name"] == DEFAULT_CALIBRATOR
-    assert info["decision_rule"] == "conformal"
+    assert info["calibrator"]["name"] == "bayes" and info["decision_rule"] == "conformal"
     assert info["limits"] == {"max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
     assert len(info["support"]) == 3 and "sha256" in info["support"][0]
     assert info["memory_bank"]["patches"] == model.detector.memory_bank_.shape[0]

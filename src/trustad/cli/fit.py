@@ -181,7 +181,10 @@ def summary(
         f"{'on' if pre['mask_test'] else 'off'}, knn {pre['knn']}",
     ]
     if not cal_what:
-        lines.append("  calibration  none: raw scores only (no probability, threshold or flag)")
+        lines.append(
+            "  calibration  none: the support images scored leave-one-out give p-values, the "
+            "threshold and the flag; no probability"
+        )
     else:
         lines.append(f"  calibration  {args.calibration}: {cal_what}")
         if model.calibrator_ is None and model.conformal_ is not None:
@@ -199,7 +202,8 @@ def summary(
     if conf is not None:
         lines.append(
             f"  conformal    alpha {conf['alpha']}: threshold {conf['threshold']:.6g} "
-            f"on {conf['n']} normal score(s)"
+            f"on {conf['n']} normal score(s), {s['calibration']['n_leave_one_out']} of them "
+            "support images scored leave-one-out"
         )
     if s["flag"] is not None:
         lines.append(

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..attacks import AttackSettings, run_attack, train_probe
 from ..backbone.runtime import BackboneRuntime, batches
+from ..corruptions import parse_corruption
 from .category import CategoryState, probe_labels
 from .plan import gradient_steps
 from .progress import Progress, Stopwatch
@@ -96,3 +97,11 @@ class Attacker:
                     bar.update(len(batch))
                 out.extend(adv.detach().cpu())
         return out
+
+    def corrupted(self, st: CategoryState, condition: str, seed: int) -> list[Tensor]:
+        """The test images under the benign corruption ``condition`` ("NAME:LEVEL"), one
+        random draw per seed."""
+        corruption = parse_corruption(condition)
+        generator = torch.Generator().manual_seed(seed)
+        with self.clock("attack"):
+            return [corruption.apply(x, generator) for x in st.images]

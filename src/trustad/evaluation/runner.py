@@ -23,7 +23,6 @@ from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
 from ..backbone.runtime import batches
-from ..corruptions import parse_corruption
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -373,16 +372,11 @@ class Evaluation:
     def _corrupted(
         self, st: CategoryState, det: AnomalyDINO, cond: str, seed: int, shots: list[int]
     ) -> dict[int, Scored]:
-        """The test images under a benign corruption (one draw per seed), scored by every
-        shot count."""
-        corruption = parse_corruption(cond)
-        generator = torch.Generator().manual_seed(seed)
-        with self.clock("attack"):
-            images = [corruption.apply(x, generator) for x in st.images]
+        """The test images under a benign corruption (one draw per seed), for every shots."""
+        images = self.attacker.corrupted(st, cond, seed)
         feats = self._features(st, images, f"{cond} features")
         return {k: Scored(feats, det.foreground(feats), images) for k in shots}
 
-    # -- attacks ------------------------------------------------------------------------
     def _score_objective(
         self, st: CategoryState, det: AnomalyDINO, name: str, shots: int, seed: int, split: Split
     ) -> Callable[[list[int]], Callable[[Tensor], Tensor]]:

@@ -172,7 +172,8 @@ class TrustEngine:
         metrics defined and the prediction has no probability). The conformal threshold is
         set on the normal calibration scores, pooled with the leave-one-out scores
         (``leave_one_out``). Each flag's threshold is set on the reference images, and, for
-        flags that read the pixels alone, on their benign variants too."""
+        flags that read the pixels alone, raised where needed so that none of their benign
+        variants is flagged (the envelope is a bound on ordinary camera variation)."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         y = np.zeros(s.size) if labels is None else np.asarray(labels, dtype=np.float64).ravel()
         if y.size != s.size:
@@ -224,10 +225,12 @@ class TrustEngine:
                 self.notes_.append(f"no {name} flag: it needs {what}")
                 continue
             flag.prepare(detector, parts[0])
-            values = [flag.statistic(p) for p in parts]
-            if flag.image_only:
-                values += [flag.statistic(v) for v in variants]
-            self.flags_[name] = flag.fit(np.concatenate(values), o.false_flag_rate)
+            flag.fit(np.concatenate([flag.statistic(p) for p in parts]), o.false_flag_rate)
+            if flag.image_only and variants:
+                # The envelope is a bound, not a sample: none of its variants is flagged.
+                envelope = max(float(flag.statistic(v).max()) for v in variants)
+                flag.threshold_ = max(flag.threshold_, envelope)
+            self.flags_[name] = flag
 
     @property
     def calibrator_(self) -> Calibrator | None:

@@ -3,18 +3,15 @@ paper's figures, and one self-contained HTML page."""
 
 from .figures import calibrated_scores, study_figures, write_figures
 from .html import SECTIONS, write_study_report
-from .tables import (
-    Table,
-    aggregate,
-    all_tables,
+from .tables import Table, aggregate, all_tables, read_results, write_tables
+from .text import (
     calibration_table,
     detection_table,
     entropy_table,
     markdown_report,
-    read_results,
+    report_tables,
     summary,
     write_report,
-    write_tables,
 )
 
 __all__ = [
@@ -28,6 +25,7 @@ __all__ = [
     "entropy_table",
     "markdown_report",
     "read_results",
+    "report_tables",
     "study_figures",
     "summary",
     "write_figures",

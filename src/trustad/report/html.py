@@ -15,8 +15,10 @@ from typing import Any
 from ..evaluation.settings import EvaluationSettings
 from ..evaluation.store import row_key
 from ..evaluation.units import expected_keys
+from .caveats import caveat_lines
 from .figures import study_figures
-from .tables import Table, all_tables, read_results, write_report, write_tables
+from .tables import Table, read_results, write_tables
+from .text import report_tables, write_report
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -34,6 +36,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 # Section ids, in page order (tests and links rely on them).
 SECTIONS = (
     "status",
+    "caveats",
     "table1",
     "table2",
     "table3",
@@ -132,6 +135,14 @@ def _status_html(status: dict[str, Any], run: dict[str, Any]) -> str:
     return f'<div class="{cls}">' + "<br>".join(lines) + "</div>"
 
 
+def _caveats_html(rows: list[dict[str, Any]]) -> str:
+    lines = caveat_lines(rows)
+    if not lines:
+        return "<p>Nothing to add.</p>"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<div class="missing"><ul>{items}</ul></div>'
+
+
 def _figure(figures: dict[str, str], prefix: str, caption: str) -> str:
     found = [(n, b) for n, b in figures.items() if n.startswith(prefix)]
     if not found:
@@ -144,8 +155,8 @@ def _figure(figures: dict[str, str], prefix: str, caption: str) -> str:
 
 
 def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: dict) -> str:
-    overall = {t.name: t for t in all_tables(rows)}
-    per_cat = all_tables(rows, per_category=True)
+    overall = {t.name: t for t in report_tables(rows)}
+    per_cat = report_tables(rows, per_category=True)
     status = completeness(out, run, rows)
 
     def tables(*names: str) -> str:
@@ -156,6 +167,7 @@ def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: 
 
     body = {
         "status": ("Run status", _status_html(status, run)),
+        "caveats": ("Read this first", _caveats_html(rows)),
         "table1": ("Table 1: detection", tables("table1_detection")),
         "table2": ("Table 2: calibration", tables("table2_calibration")),
         "table3": ("Table 3: entropy under attack", tables("table3_entropy")),
@@ -228,5 +240,5 @@ def write_study_report(out: str | Path) -> dict[str, Any]:
     plt.close("all")
     page = out / "report.html"
     page.write_text(render(out, rows, run, embedded))
-    tables = write_tables(out, all_tables(rows) + all_tables(rows, per_category=True))
+    tables = write_tables(out, report_tables(rows) + report_tables(rows, per_category=True))
     return {"markdown": write_report(out), "html": page, "tables": tables, "figures": paths}
