@@ -130,7 +130,7 @@ def one_draw(model, normal, defect, pool_flag_values, k, n_cal, rng, args) -> di
     model.calibrate(
         np.zeros(0) if cal_set is None else cal_set.scores,
         labels,
-        reference=ref.references(True),
+        reference=ref.references(),
         leave_one_out_scores=loo_set.scores,
     )
     t_n = scored(model, [feats_n[i] for i in test_n], [imgs_n[i] for i in test_n])

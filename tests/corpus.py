@@ -42,6 +42,18 @@ def png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
     )
 
 
+# Thin strips: a few dozen bytes on disk that the model's resize would grow to tens or
+# hundreds of millions of pixels (the smaller edge goes to the resolution).
+THIN_STRIPS = [(3000, 1), (19000, 1), (20000, 26), (20000, 100)]
+
+
+def write_strip(folder: Path, width: int, height: int) -> Path:
+    """A black ``width`` x ``height`` PNG (really decodable, not a header only)."""
+    path = folder / f"strip_{width}x{height}.png"
+    Image.new("RGB", (width, height)).save(path)
+    return path
+
+
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     out, pos = [], 8
     while pos < len(data):

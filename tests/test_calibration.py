@@ -404,3 +404,23 @@ def test_calibration_split_impossible_cases() -> None:
     # A single class is split plainly.
     cal, ev = calibration_split([0] * 10, 0.2, seed=0)
     assert cal.size == 2 and ev.size == 8
+
+
+def test_bayes_platt_stays_honest_on_a_few_separable_images() -> None:
+    s = np.array([0.010, 0.012, 0.015, 0.011, 0.05, 0.06, 0.07, 0.08])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    platt = make_calibrator("platt").fit(s, y)
+    bayes = make_calibrator("bayes").fit(s, y)
+    assert platt.predict_proba([0.016])[0] < 1e-3 or platt.predict_proba([0.016])[0] > 0.999
+    p = bayes.predict_proba(s)
+    assert np.all((p > 0.05) & (p < 0.95))  # no step function from 8 images
+    assert np.all(p[y == 1] > 0.5) and np.all(p[y == 0] < 0.5)
+    lo, hi = bayes.predict_interval(s).T
+    assert np.all((lo < p) & (p < hi)) and np.all(hi - lo > 0.1)
+    # More data, narrower intervals and firmer probabilities.
+    many = make_calibrator("bayes").fit(np.tile(s, 20), np.tile(y, 20))
+    assert np.all(
+        np.diff(many.predict_interval(s), axis=1) < np.diff(bayes.predict_interval(s), axis=1)
+    )
+    with pytest.raises(ValueError, match="credible level"):
+        bayes.predict_interval(s, level=1.5)

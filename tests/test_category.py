@@ -69,3 +69,19 @@ def test_an_unreadable_support_image_skips_only_the_units_that_draw_it(dataset, 
     assert len(run.skipped) == 2 and all(str(broken) in m for m in run.skipped)
     assert "2 shots, seed 0 skipped" in run.skipped[0]
     assert "1 shots, seed 1 skipped" in run.skipped[1]
+
+
+def test_a_skipped_unit_names_every_unreadable_support_image(dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    broken = [root / "brick" / "train" / "good" / f"00{i}.png" for i in (2, 3)]
+    for path in broken:
+        path.write_bytes(b"not a png")
+    settings = EvaluationSettings(
+        dataset="folder", root=str(root), shots=[2], seeds=2, resolution=56, batch_size=4
+    )
+    run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
+    run.run()
+    # seed 1 of 2 shots draws img2 and img3: both named in the one message
+    (message,) = run.skipped
+    assert "2 shots, seed 1 skipped" in message and all(str(p) in message for p in broken)

@@ -39,3 +39,8 @@ def test_every_table_row_says_how_many_images_it_rests_on():
     )
     assert table.header == ["dataset", "shots", "images cal / eval", "AUROC"]
     assert table.body == [["mvtec", "1", "5 / 7", "90"]]
+
+
+def test_what_a_run_left_out_is_listed():
+    lines = caveat_lines([_row(0)], ["[bottle] test image left out: x.png: cannot decode"])
+    assert "Left out: [bottle] test image left out: x.png: cannot decode" in lines

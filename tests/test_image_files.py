@@ -9,13 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_tiny_vit
-from corpus import REQUIRED, H, W, exif_with_orientation, extension, png_header_only, write_format
+from corpus import (
+    REQUIRED,
+    THIN_STRIPS,
+    H,
+    W,
+    exif_with_orientation,
+    extension,
+    png_header_only,
+    write_format,
+    write_strip,
+)
 from PIL import Image
 
-from trustad.backbone import load_rgb8
+from trustad import images
+from trustad.backbone import load_rgb8, preprocess
 from trustad.data import Sample, image_size, load_category, load_mask
 from trustad.detector import AnomalyDINO
-from trustad.images import ImageReadError
+from trustad.images import ImageReadError, ImageTooLargeError, read_size
 
 
 def test_folder_dataset_lists_everything_and_reads_or_refuses(tmp_path: Path) -> None:
@@ -119,3 +130,46 @@ def test_detector_reads_every_format_and_names_a_bad_file(tmp_path: Path) -> Non
     with pytest.raises(ImageReadError) as err:
         det.score([paths[0], bomb])
     assert str(bomb) in str(err.value) and "too large" in err.value.reason
+
+
+@pytest.mark.parametrize(("width", "height"), THIN_STRIPS)
+def test_thin_strips_refused_on_the_header_for_a_model(tmp_path: Path, width, height) -> None:
+    path = write_strip(tmp_path, width, height)
+    assert image_size(path) == (width, height)  # a plain read (no model) is fine
+    with pytest.raises(ImageTooLargeError) as err:
+        read_size(path, resolution=56)
+    assert str(path) in str(err.value) and "aspect ratio" in err.value.reason
+    with pytest.raises(ImageTooLargeError, match="aspect ratio"):
+        preprocess(path, 448)
+    with pytest.raises(ImageTooLargeError, match="aspect ratio"):
+        load_rgb8(np.zeros((height, width, 3), np.uint8), 448)  # in memory as well
+
+
+def test_thin_strips_through_the_detector(tmp_path: Path) -> None:
+    det = AnomalyDINO(make_tiny_vit(), resolution=28, rotate=False)
+    good = tmp_path / "good.png"
+    write_format(good, "PNG")
+    det.fit([good])
+    for width, height in THIN_STRIPS:
+        strip = write_strip(tmp_path, width, height)
+        with pytest.raises(ImageTooLargeError) as err:
+            det.score([good, strip])
+        assert str(strip) in str(err.value)
+
+
+def test_the_limits_after_resizing(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "tall.png"
+    Image.new("RGB", (100, 500)).save(path)  # ratio 5: within the ratio limit
+    assert read_size(path, resolution=448) == (100, 500)
+    # at resolution 1000 it would become 1000x5000 = 5 MP
+    assert_refused_at(path, 1000, "resized to the model's resolution 1000", "1000x5000")
+    monkeypatch.setattr(images, "MAX_ASPECT_RATIO", 4.0)
+    assert_refused_at(path, 448, "aspect ratio 5.0:1 is over the limit of 4:1")
+    assert load_rgb8(path).size == (100, 500)  # no model: no resized limits
+
+
+def assert_refused_at(path: Path, resolution: int, *words: str) -> None:
+    with pytest.raises(ImageTooLargeError) as err:
+        load_rgb8(path, resolution)
+    for word in words:
+        assert word in err.value.reason, err.value.reason

@@ -278,3 +278,27 @@ def test_flag_and_calibrator_names_are_checked(tiny_vit, images, tmp_path):
         FittedDetector(tiny_vit, flag="nonsense")
     with pytest.raises(ValueError, match="cannot be saved"):
         FittedDetector(tiny_vit, calibrator="isotonic")
+
+
+def test_camera_noise_inside_the_envelope_is_not_flagged_but_8_255_sign_noise_is(
+    tiny_vit, tmp_path
+):
+    # Smooth good parts (a clean camera): their own noise level is near 0.
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    good = []
+    for i in range(4):
+        rgb = np.stack([80 + 100 * xx, 90 + 60 * yy + 5 * i, 120 + 40 * np.sin(3 * xx + i)], -1)
+        good.append(rgb.round().astype(np.uint8))
+    model = FittedDetector(tiny_vit, resolution=RES).fit(good)  # good images alone
+    off = FittedDetector(tiny_vit, resolution=RES, benign_envelope=False).fit(good)
+    assert off.flag_.threshold_ < model.flag_.threshold_  # the envelope raised it
+    rng = np.random.default_rng(1)
+    noisy, attacked = [], []
+    for rgb in good:
+        noise = rng.normal(0, 2.0, rgb.shape)  # 2 grey levels of sensor noise
+        noisy.append(np.clip(np.round(rgb + noise), 0, 255).astype(np.uint8))
+        signs = rng.choice([-8.0, 8.0], size=rgb.shape)
+        attacked.append(np.clip(rgb + signs, 0, 255).astype(np.uint8))
+    assert not any(p.flag for p in model.predict(noisy, maps=False))
+    assert all(p.flag for p in off.predict(noisy, maps=False))  # without it: crying wolf
+    assert all(p.flag for p in model.predict(attacked, maps=False))

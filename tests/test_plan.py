@@ -174,14 +174,18 @@ def test_backbone_timing_does_not_count_as_passes():
 def test_plan_times_the_runtime_the_run_uses(dataset, tmp_path, tiny_backbone, monkeypatch):
     """`--plan` and the run build their backbone runtime from the same settings, precision
     options included."""
-    built: list[BackboneRuntime] = []
-    real = EvaluationSettings.runtime
+    import trustad.evaluation.plan as plan_module
+    import trustad.evaluation.runner as runner_module
 
-    def record(self, backbone):
-        built.append(real(self, backbone))
+    built: list[BackboneRuntime] = []
+    real = plan_module.run_runtime
+
+    def record(settings, backbone):
+        built.append(real(settings, backbone))
         return built[-1]
 
-    monkeypatch.setattr(EvaluationSettings, "runtime", record)
+    monkeypatch.setattr(plan_module, "run_runtime", record)
+    monkeypatch.setattr(runner_module, "run_runtime", record)
     options = ["--dataset", "folder", "--root", str(dataset), "--resolution", "56"]
     options += ["--shots", "1", "--seeds", "1", "--batch-size", "3", "--bf16", "--tf32"]
     assert main(["evaluate", "--out", str(tmp_path / "plan"), *options, "--plan"]) == 0

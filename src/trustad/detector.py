@@ -282,7 +282,7 @@ class AnomalyDINO:
     # -- features ---------------------------------------------------------------------
     def support_views(self, image: ImageInput) -> list[Tensor]:
         """The preprocessed views of one support image: itself, and its rotations."""
-        rgb = load_rgb8(image)
+        rgb = load_rgb8(image, self.resolution)
         if not self.rotate:
             return self.runtime.preprocess([rgb])[0]
         # All angles in one call: each is rotate_rgb8's rotation, without its PIL round trips.

@@ -2,15 +2,17 @@
 
 Every format Pillow can decode is accepted (a GIF, APNG or multi-page TIFF gives its first
 frame); EXIF orientation is applied, so pixels come out the way a viewer shows them; the
-size declared in the header is checked against ``MAX_PIXELS`` and ``MAX_SIDE`` before any
-pixel is decoded; and every failure (missing, empty, truncated, corrupt, not an image, too
-large, unsupported mode, out of memory) is raised as ``ImageReadError`` naming the file and
-the reason.
+size declared in the header is checked before any pixel is decoded: against ``MAX_PIXELS``
+and ``MAX_SIDE``, and, given the model's ``resolution``, against ``MAX_ASPECT_RATIO`` and
+``MAX_RESIZED_PIXELS`` once resized (a thin strip is tiny on disk but grows to hundreds of
+millions of pixels when its smaller edge is resized to the resolution); and every failure
+(missing, empty, truncated, corrupt, not an image, too large, unsupported mode, out of
+memory) is raised as ``ImageReadError`` naming the file and the reason.
 
-The limits are module-level defaults (``trustad.images.MAX_PIXELS = ...``) that every
-reader also takes as arguments. Pillow's own bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``)
-still refuses images over twice its value (about 179 million pixels): raise it as well to
-read larger ones.
+The limits are module-level defaults (``trustad.images.MAX_PIXELS = ...``); the pixel and
+side limits are also arguments of every reader. Pillow's own bomb guard
+(``PIL.Image.MAX_IMAGE_PIXELS``) still refuses images over twice its value (about 179
+million pixels): raise it as well to read larger ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from PIL import EpsImagePlugin, ExifTags, Image, ImageFile, ImageOps, Unidentifi
 
 MAX_PIXELS = 100_000_000  # width * height; a 100 MP RGB image decodes to 300 MB
 MAX_SIDE = 20_000  # pixels along either side
+# Longer side / shorter side. With the pixel limit after resizing this bounds the backbone's
+# work: at 448 the largest image allowed peaks under 1 GB on the CPU path
+# (benchmarks/results/hostile.md).
+MAX_ASPECT_RATIO = 10.0
+MAX_RESIZED_PIXELS = 2_100_000  # pixels after resizing the smaller edge to the resolution
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
@@ -135,7 +142,7 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         img = Image.fromarray(array_to_uint8(arr))
     if img.mode == "P":
         img = img.convert("RGBA")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of a large RGB image
 
 
 # ---------------------------------------------------------------- reading
@@ -172,8 +179,22 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "empty file (0 bytes)")
 
 
-def _check_limits(size: tuple[int, int], max_pixels: int | None, max_side: int | None) -> str:
-    """The reason an image of ``size`` is refused, or ''."""
+def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) after resizing the smaller edge to ``resolution`` (torchvision's rule)."""
+    if width <= height:
+        return resolution, int(resolution * height / width)
+    return int(resolution * width / height), resolution
+
+
+def size_problem(
+    size: tuple[int, int],
+    resolution: int | None = None,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+) -> str:
+    """The reason an image of ``size`` (width, height) is refused, or '': the pixel and
+    side limits, and for a model of ``resolution`` the aspect ratio and the pixels once
+    resized to it."""
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     max_side = MAX_SIDE if max_side is None else max_side
     width, height = size
@@ -185,7 +206,31 @@ def _check_limits(size: tuple[int, int], max_pixels: int | None, max_side: int |
         return (
             f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels} pixels"
         )
+    if resolution is None:
+        return ""
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        return (
+            f"{width}x{height} pixels: its aspect ratio {ratio:.1f}:1 is over the limit of "
+            f"{MAX_ASPECT_RATIO:g}:1 (resized for the model it would be "
+            f"{ratio:.1f} times the work of a square image)"
+        )
+    rw, rh = resized_size(width, height, resolution)
+    if rw * rh > MAX_RESIZED_PIXELS:
+        return (
+            f"{width}x{height} pixels, resized to the model's resolution {resolution} "
+            f"(smaller edge) {rw}x{rh} = {rw * rh} pixels, over the limit of "
+            f"{MAX_RESIZED_PIXELS} pixels"
+        )
     return ""
+
+
+def check_size(name: str | os.PathLike, size: tuple[int, int], resolution: int | None) -> None:
+    """Refuse an image already in memory as the readers refuse a file's header: raise
+    ``ImageTooLargeError`` naming it."""
+    problem = size_problem(size, resolution)
+    if problem:
+        raise ImageTooLargeError(name, problem)
 
 
 def _reason(exc: BaseException) -> str:
@@ -203,7 +248,7 @@ def _reason(exc: BaseException) -> str:
 
 @contextmanager
 def _opened(
-    source: ImageSource, max_pixels: int | None, max_side: int | None
+    source: ImageSource, max_pixels: int | None, max_side: int | None, resolution: int | None
 ) -> Iterator[Image.Image]:
     """The image opened (header only) with its declared size checked; any failure inside
     the block, decoding included, becomes ``ImageReadError``."""
@@ -221,7 +266,7 @@ def _opened(
             # (Before Python 3.14 this filter is process-wide while the block runs.)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source, formats=READABLE_FORMATS) as img:
-                refused = _check_limits(img.size, max_pixels, max_side)
+                refused = size_problem(img.size, resolution, max_pixels, max_side)
                 if refused:
                     raise ImageTooLargeError(name, refused)
                 yield img
@@ -263,11 +308,16 @@ def _png_may_have_late_exif(img: Image.Image) -> bool:
 
 
 def read_image(
-    source: ImageSource, *, max_pixels: int | None = None, max_side: int | None = None
+    source: ImageSource,
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    resolution: int | None = None,
 ) -> Image.Image:
     """The decoded first frame of an image file (a path, bytes or a binary file), in its
-    own mode, turned the way its EXIF orientation says."""
-    with _opened(source, max_pixels, max_side) as img:
+    own mode, turned the way its EXIF orientation says. ``resolution``: the model's, to
+    refuse what would be too large once resized to it."""
+    with _opened(source, max_pixels, max_side, resolution) as img:
         img.load()
         if _orientation(img) != 1:
             ImageOps.exif_transpose(img, in_place=True)
@@ -275,12 +325,14 @@ def read_image(
 
 
 def read_rgb8(
-    source: ImageSource, *, max_pixels: int | None = None, max_side: int | None = None
+    source: ImageSource,
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    resolution: int | None = None,
 ) -> Image.Image:
     """``read_image`` converted to 8-bit RGB by ``to_rgb8``."""
-    img = read_image(source, max_pixels=max_pixels, max_side=max_side)
-    if img.mode == "RGB":
-        return img  # already what to_rgb8 gives: spare a copy of the largest images
+    img = read_image(source, max_pixels=max_pixels, max_side=max_side, resolution=resolution)
     try:
         return to_rgb8(img)
     except Exception as exc:  # noqa: BLE001  e.g. a mode Pillow cannot convert
@@ -288,12 +340,16 @@ def read_rgb8(
 
 
 def read_size(
-    source: ImageSource, *, max_pixels: int | None = None, max_side: int | None = None
+    source: ImageSource,
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    resolution: int | None = None,
 ) -> tuple[int, int]:
     """(width, height) of the image ``read_image`` gives, from the header (EXIF
     orientation applied) without decoding pixels, except for a PNG whose orientation may
     follow its pixel data. Limits are checked as when reading."""
-    with _opened(source, max_pixels, max_side) as img:
+    with _opened(source, max_pixels, max_side, resolution) as img:
         width, height = img.size
         if img.format == "TIFF":  # Pillow reports a TIFF's size turned, and turns it on load
             return width, height

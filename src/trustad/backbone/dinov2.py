@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..deadline import check_time
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH_SIZE = 14
@@ -199,6 +201,8 @@ class DinoVisionTransformer(nn.Module):
             regs = self.register_tokens.expand(len(tokens), -1, -1)
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
         for block in self.blocks:
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                check_time()  # a time-limited request stops here, not at the end
             tokens = block(tokens)
         return self.norm(tokens)
 

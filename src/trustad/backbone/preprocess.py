@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..images import array_to_uint8, read_rgb8, to_rgb8
+from ..images import array_to_uint8, check_size, read_rgb8, resized_size, to_rgb8
 from .dinov2 import PATCH_SIZE
 from .rotate import rotate_rgb8_torch
 
@@ -22,16 +22,24 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
 
 
-def load_rgb8(image: ImageInput) -> Image.Image:
+def load_rgb8(image: ImageInput, resolution: int | None = None) -> Image.Image:
     """Any supported input as an 8-bit RGB PIL image (grayscale repeated, 16-bit scaled).
 
     A file (or its bytes) is read by ``trustad.images.read_rgb8`` (EXIF orientation applied, size limits
-    checked, every failure an ``ImageReadError``); an image already in memory is taken as
-    it is."""
+    checked on the header, with ``resolution`` also once resized, every failure an
+    ``ImageReadError``); an image already in memory is taken as it is, its size checked
+    against the same limits when ``resolution`` is given."""
+    if isinstance(image, (str, os.PathLike, bytes)):
+        return read_rgb8(image, resolution=resolution)
+    rgb = _in_memory_rgb8(image)
+    if resolution is not None:
+        check_size(f"<in-memory image {rgb.width}x{rgb.height}>", rgb.size, resolution)
+    return rgb
+
+
+def _in_memory_rgb8(image: ImageInput) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb8(image)
-    if isinstance(image, (str, os.PathLike, bytes)):
-        return read_rgb8(image)
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
@@ -51,13 +59,6 @@ def load_rgb8(image: ImageInput) -> Image.Image:
     raise TypeError(f"unsupported image input of type {type(image).__name__}")
 
 
-def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(width, height) after resizing the smaller edge to ``resolution`` (torchvision's rule)."""
-    if width <= height:
-        return resolution, int(resolution * height / width)
-    return int(resolution * width / height), resolution
-
-
 def crop_to_patches(t: Tensor, patch_size: int = PATCH_SIZE) -> Tensor:
     """Crop the last two dimensions top-left to multiples of ``patch_size``."""
     h, w = t.shape[-2:]
@@ -72,7 +73,7 @@ def preprocess(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tenso
 def preprocess_uint8(image: ImageInput, resolution: int = DEFAULT_RESOLUTION) -> Tensor:
     """The 8-bit values (uint8 (3, H, W), contiguous) that ``preprocess`` scales to [0, 1]:
     Pillow's bicubic resize gives 8-bit values, so keeping these loses nothing."""
-    img = load_rgb8(image)
+    img = load_rgb8(image, resolution)
     img = img.resize(resized_size(*img.size, resolution), Image.BICUBIC)
     return crop_to_patches(torch.from_numpy(np.array(img)).permute(2, 0, 1)).contiguous()
 

@@ -122,7 +122,7 @@ class BackboneRuntime:
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
         """Model inputs (3, H, W) in [0, 1] and original (width, height) sizes."""
-        rgbs = [load_rgb8(img) for img in images]
+        rgbs = [load_rgb8(img, self.resolution) for img in images]
         return [preprocess(rgb, self.resolution) for rgb in rgbs], [rgb.size for rgb in rgbs]
 
     @torch.no_grad()  # not inference_mode: its tensors could not be used with autograd later

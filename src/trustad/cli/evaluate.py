@@ -157,7 +157,7 @@ def _load_backbone(settings: EvaluationSettings, device: torch.device) -> Any:
 def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> None:
     """Print what ``execute`` would do, with a time estimate; writes nothing."""
     from ..backbone.runtime import resolve_device
-    from ..evaluation.plan import done_in, make_plan, time_backbone
+    from ..evaluation.plan import done_in, make_plan, run_runtime, time_backbone
     from ..evaluation.runlog import check_output_folder
     from ..evaluation.store import done_results
 
@@ -166,7 +166,7 @@ def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> Non
     target = resolve_device(device)
     timing = None
     if plan.forward or plan.gradient:
-        runtime = settings.runtime(_load_backbone(settings, target))
+        runtime = run_runtime(settings, _load_backbone(settings, target))
         timing = time_backbone(runtime, min(settings.batch_size, 4))
     print(f"plan for {out}:")
     print(plan.text(timing))
@@ -178,9 +178,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         show_plan(settings, args.out, args.device)
         return 0
     protocol = getattr(args, "protocol", None)
-    run = execute(
-        settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
-    )
+    try:
+        run = execute(
+            settings, args.out, args.device, args.quiet, args.executor, args.address, protocol
+        )
+    except BaseException:
+        from ..evaluation.store import forget_empty_run
+
+        forget_empty_run(args.out)  # a run that computed nothing must not block the next
+        raise
     return left_out(run)
 
 

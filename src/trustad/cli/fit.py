@@ -17,7 +17,8 @@ from ..model import (
     SAVABLE_CALIBRATORS,
     FittedDetector,
 )
-from .inputs import calibration_images, collect_images
+from ..model.file import check_writable
+from .inputs import calibration_images, check_images, collect_images, key_file
 from .options import add_device_option, add_setting_options, device_of
 
 NONE = "none"
@@ -100,6 +101,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "shifts <= 2 px (default: on)",
     )
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
+    p.add_argument(
+        "--sign-key",
+        metavar="FILE",
+        type=key_file,
+        default=None,
+        help="sign the model file with the secret key in FILE (HMAC-SHA256, at least 16 "
+        "bytes), so that `predict/serve --verify-key FILE` refuse an edited file "
+        "(default: unsigned)",
+    )
     add_setting_options(
         p,
         ["resolution", "rotate", "mask_test", "knn", "backbone", "weights", "batch_size"],
@@ -121,9 +131,11 @@ def _names(paths: list[Path], limit: int = 8) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..backbone import load_backbone
 
+    check_writable(args.out)  # every refusal before the fit, not after it
     normal = collect_images(args.normal)
     if not normal:
         raise ValueError(f"no images found in --normal {' '.join(args.normal)}")
+    check_images(normal, args.resolution, "--normal")
     support = normal if args.shots is None else support_paths(normal, args.shots, args.seed)
     cal_paths, cal_labels, cal_what = [], None, ""
     if args.calibration:
@@ -134,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(overlap)} calibration image(s) are also support images, e.g. "
                 f"{sorted(overlap)[0]}; their scores would be near 0"
             )
+        check_images(cal_paths, args.resolution, "--calibration")
     backbone = load_backbone(args.backbone, args.weights, device_of(args))
     model = FittedDetector(
         backbone,
@@ -157,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     model.fit(support, cal_paths or None, cal_labels)
-    path = model.save(args.out)
+    path = model.save(args.out, args.sign_key)
     print(summary(model, path, support, cal_what, args))
     return 0
 

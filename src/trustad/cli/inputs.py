@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import IMAGE_EXTENSIONS
+from ..images import ImageReadError, read_size
+from ..model.file import read_key
 
 NORMAL_FOLDER = "good"
 
@@ -31,6 +34,41 @@ def collect_images(paths: Sequence[str | Path], missing_ok: bool = False) -> lis
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
     return list(dict.fromkeys(out))
+
+
+def check_images(paths: Sequence[Path], resolution: int, what: str) -> None:
+    """Read every image's header (no pixels) as the model will, and refuse them all at once,
+    each bad file named with its reason, before any work starts."""
+    bad = []
+    for path in paths:
+        try:
+            read_size(path, resolution=resolution)
+        except ImageReadError as exc:
+            bad.append(f"{path}: {exc.reason}")
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} {what} image(s) cannot be used; fix or remove them: "
+            + "; ".join(bad)
+        )
+
+
+def key_file(text: str) -> bytes:
+    """The secret key of a --sign-key/--verify-key file, refused at parsing with the reason."""
+    try:
+        return read_key(text)
+    except (ValueError, OSError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_verify_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verify-key",
+        metavar="FILE",
+        type=key_file,
+        default=None,
+        help="refuse the model file unless it was signed with this key (`trustad fit "
+        "--sign-key`) (default: any model file, signed or not)",
+    )
 
 
 def calibration_images(folder: str | Path) -> tuple[list[Path], list[int], str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backbone.preprocess import load_rgb8
 from ..model import FittedDetector, overlay_png
-from .inputs import collect_images
+from .inputs import add_verify_key, collect_images
 from .options import add_device_option, add_setting_options, device_of
 from .records import FORMATS, RecordWriter, format_for, resume
 
@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_setting_options(p, ["batch_size", "weights"])
     add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -106,7 +107,7 @@ def predict_paths(
         good, rgbs = [], []
         for i, path in enumerate(chunk):
             try:
-                rgbs.append(load_rgb8(path))
+                rgbs.append(load_rgb8(path, model.detector.resolution))
                 good.append(i)
             except (ValueError, OSError) as exc:
                 found[i] = {"path": str(path), "error": str(exc)}
@@ -132,10 +133,18 @@ def predict_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    model = FittedDetector.load(
-        args.model, weights=args.weights, device=device_of(args), batch_size=args.batch_size
-    )
     paths = collect_images(args.paths, missing_ok=True)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.paths)}")
+    if args.out and Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give the results file's name")
+    model = FittedDetector.load(
+        args.model,
+        weights=args.weights,
+        device=device_of(args),
+        batch_size=args.batch_size,
+        verify_key=args.verify_key,
+    )
     out = Path(args.out) if args.out else None
     fmt = format_for(out, args.format)
     done = resume(out, fmt, _key) if out else set()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,8 +21,10 @@ from ..serve.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_WAIT_MS,
+    DEFAULT_REQUEST_SECONDS,
     MULTIPROCESS_METRICS_ENV,
 )
+from .inputs import add_verify_key
 from .options import add_device_option, add_setting_options
 
 TOKEN_ENV = "TRUSTAD_TOKEN"
@@ -36,7 +39,11 @@ WORKER_OPTIONS = (
     "max_wait_ms",
     "max_upload_mb",
     "max_pixels",
+    "request_seconds",
+    "verify_key",
 )
+# After SIGTERM, requests in progress get this long before the server stops anyway.
+SHUTDOWN_SECONDS = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +104,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help="largest image in pixels, also once resized; larger get 413 (default %(default)s)",
     )
+    p.add_argument(
+        "--request-seconds",
+        type=float,
+        default=DEFAULT_REQUEST_SECONDS,
+        help="time limit of one request, waiting for the model included (503 when the model "
+        "stays busy, 504 when its own work runs over); 0 for none (default %(default)s)",
+    )
+    add_verify_key(p)
     p.set_defaults(func=run)
 
 
@@ -135,6 +150,7 @@ def load_model(options: dict[str, Any]) -> Any:
         weights=options["weights"],
         device=resolve_device(options["device"]),
         batch_size=options["max_batch"],
+        verify_key=None if options["verify_key"] is None else bytes.fromhex(options["verify_key"]),
     )
 
 
@@ -150,6 +166,7 @@ def build_app(options: dict[str, Any], model: Any) -> Any:
         token=service_token(options["token_file"]),
         max_batch=options["max_batch"],
         max_wait_ms=options["max_wait_ms"],
+        request_seconds=options["request_seconds"] or None,
     )
 
 
@@ -174,10 +191,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     options = {name: getattr(args, name) for name in WORKER_OPTIONS}
+    if args.verify_key is not None:  # JSON for the workers
+        options["verify_key"] = args.verify_key.hex()
     token = service_token(args.token_file)
     # Loaded here in every case, so that a bad model or weights file is one clear error
     # before any worker starts.
     model = load_model(options)
+    sock = bind(args.host, args.port)  # before saying "serving": a taken port fails here
     log_access_to_stderr()
     access = "a token" if token else "no token"
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
@@ -191,9 +211,9 @@ def run(args: argparse.Namespace) -> int:
             f"(--token-file or {TOKEN_ENV})",
             file=sys.stderr,
         )
-    common = dict(host=args.host, port=args.port, log_level="warning", access_log=False)
+    common = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
     if args.workers == 1:
-        uvicorn.run(build_app(options, model), **common)
+        uvicorn.Server(uvicorn.Config(build_app(options, model), **common)).run(sockets=[sock])
         return 0
     del model  # each worker loads its own
     # Each worker loads the model and splits the CPU threads; their counters are summed
@@ -203,7 +223,30 @@ def run(args: argparse.Namespace) -> int:
     metrics = tempfile.mkdtemp(prefix="trustad-metrics-")
     os.environ[MULTIPROCESS_METRICS_ENV] = metrics
     try:
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=args.workers,
+            fd=sock.fileno(),
+            **common,
+        )
     finally:
         shutil.rmtree(metrics, ignore_errors=True)
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or an error naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot serve on {host}:{port}: {exc.strerror} (is another server on it?)"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -69,11 +69,13 @@ def option_for(name: str, default: Any, help: str | None = None) -> tuple[str, d
     hint = typing.get_type_hints(EvaluationSettings)[name]
     kind, many = base_type(hint)
     flag = "--" + (meta.get("flag") or name).replace("_", "-")
-    help_text = help or meta["help"]
+    help_text = (help or meta["help"]).replace("%", "%%")  # argparse formats help with %
     if kind is bool and hint is bool and default is False:
         return flag, dict(action="store_true", help=help_text)
     if kind is bool and hint is bool:  # on by default: offer --no-NAME
-        return "--no-" + flag[2:], dict(action="store_false", help=help_text)
+        return "--no-" + flag[2:], dict(
+            action="store_false", help=f"turn off (on by default): {help_text}"
+        )
     kwargs: dict[str, Any] = dict(help=help_text)
     if kind is bool:  # bool | None: None keeps the category table's default
         kwargs.update(type=parse_on_off, metavar="on|off")

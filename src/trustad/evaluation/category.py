@@ -95,7 +95,7 @@ def _preprocess_or_error(
     resolution: int, sample: Sample
 ) -> tuple[Tensor, tuple[int, int]] | ImageReadError:
     try:
-        rgb = load_rgb8(sample.path)
+        rgb = load_rgb8(sample.path, resolution)
         return preprocess_uint8(rgb, resolution), rgb.size
     except ImageReadError as exc:
         return exc

@@ -36,7 +36,7 @@ from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import FlagInputCache, ScoredSet, flag_columns, flag_rate_columns
-from .plan import ConditionGroup, make_plan, pending_groups, rotates_support
+from .plan import ConditionGroup, make_plan, pending_groups, rotates_support, run_runtime
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -78,7 +78,7 @@ class Evaluation:
         progress: bool | Progress = True,
     ) -> None:
         self.s = settings
-        self.runtime = settings.runtime(backbone)
+        self.runtime = run_runtime(settings, backbone)
         self.log = progress if isinstance(progress, Progress) else Progress(progress)
         self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, ProbeSettings
 from ..backbone.preprocess import DEFAULT_RESOLUTION
-from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
+from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..backbone.weights import DEFAULT_BACKBONE
 from ..calibration import CALIBRATORS, DEFAULT_CALIBRATION_FRACTION
 from ..corruptions import parse_corruption
@@ -282,6 +282,19 @@ class EvaluationSettings:
         "target false-alarm rate of the conformal threshold",
         group="calibration",
     )
+    leave_one_out: bool = option(
+        True,
+        "pool the support images' leave-one-out scores with the normal calibration scores "
+        "for the conformal threshold, as `trustad fit` does",
+        group="calibration",
+    )
+    benign_envelope: bool = option(
+        True,
+        "raise pixel-only flag thresholds over benign variants of the normal calibration "
+        "images (camera noise <= 3 grey levels, JPEG >= 50, blur <= 1 px, lighting +-10 %, "
+        "shifts <= 2 px), as `trustad fit` does",
+        group="calibration",
+    )
     pixel_metrics: bool = option(True, "pixel AUROC and AUPRO", group="output")
     save_models: str | None = option(
         None,
@@ -392,6 +405,8 @@ class EvaluationSettings:
             flag=self.gate(),
             other_flags=tuple(dict.fromkeys([*self.flag_names(), *attacker])),
             false_flag_rate=self.flag_rate,
+            leave_one_out=self.leave_one_out,
+            benign_envelope=self.benign_envelope,
         )
 
     def gate(self) -> str | None:
@@ -406,18 +421,6 @@ class EvaluationSettings:
             random_start=self.random_start,
             round_8bit=self.round_8bit,
             coarse=self.adaptive_coarse if name == "adaptive" else 1,
-        )
-
-    def runtime(self, backbone: Any) -> BackboneRuntime:
-        """The backbone runtime of a run with these settings (the run and ``--plan``'s
-        timing both use it, so that the plan times what the run does)."""
-        return BackboneRuntime(
-            backbone,
-            resolution=self.resolution,
-            batch_size=self.batch_size,
-            features_bf16=self.bf16,
-            gradients_bf16=self.attack_bf16,
-            tf32=self.tf32,
         )
 
     def probe(self, seed: int) -> ProbeSettings:

@@ -149,6 +149,18 @@ def done_results(out: str | Path, settings: EvaluationSettings) -> set[tuple]:
     return {row_key(r) for r in whole_results(out / "results.csv")} if out.is_dir() else set()
 
 
+def forget_empty_run(out: str | Path) -> bool:
+    """After a run that failed before any result: drop the settings it recorded in
+    ``out``/run.json, so that they do not refuse the corrected command as "a run with other
+    settings". Returns whether it did (never when a result was kept)."""
+    out = Path(out)
+    run_file = out / "run.json"
+    if not run_file.is_file() or whole_results(out / "results.csv"):
+        return False
+    run_file.unlink()
+    return True
+
+
 class ResultStore:
     """Persists units as they finish and tells which are done; nothing else."""
 

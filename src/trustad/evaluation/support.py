@@ -80,7 +80,7 @@ def readable_support(
     pending: list[ConditionGroup],
 ) -> list[ConditionGroup]:
     """The pending units whose support images can all be read; the others are skipped
-    and said so (the drawn support set names the unreadable file). Every support image's
+    and said so (naming every unreadable file of the drawn support set). Every support image's
     features are computed here, its views prepared ahead in worker threads."""
     drawn = {
         (seed, k): support_paths(st.data.train, k, seed)
@@ -98,10 +98,11 @@ def readable_support(
             bar.update()
     unreadable = set()
     for (seed, k), paths in drawn.items():
-        bad = next((p for p in paths if p in failed), None)
-        if bad is not None:
+        bad = [p for p in paths if p in failed]
+        if bad:  # every unreadable image of the drawn set, so that one fix is enough
             unreadable.add((seed, k))
-            skip(f"[{st.category}] {k} shots, seed {seed} skipped: support {failed[bad]}")
+            reasons = "; ".join(f"support {failed[p]}" for p in bad)
+            skip(f"[{st.category}] {k} shots, seed {seed} skipped: {reasons}")
     out = []
     for seed, cond, eps, shots in pending:
         kept = [k for k in shots if (seed, k) not in unreadable]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..data import support_paths
 from ..detector import AnomalyDINO
-from ..model import MODEL_SUFFIX, Assessment, TrustEngine, flag_reference
+from ..model import MODEL_SUFFIX, Assessment, FlagReference, TrustEngine
 from .category import CategoryState
 from .flagging import FlagInputCache, ScoredSet
 from .rows import Split
@@ -41,8 +41,7 @@ def fit_trust(
         clean = ScoredSet(clean_dists, st.clean_features, st.images)
         try:
             inputs = st.flag_inputs.inputs(clean).subset(normal)
-            envelope = model.trust_options.benign_envelope
-            reference = [flag_reference(inputs, scores[normal], envelope, key[1])]
+            reference = [FlagReference(inputs, scores[normal], seed=key[1])]
         except ValueError as exc:  # test images of several sizes form no batch
             left_out = f"flags left out: {exc}"
     paths = support_paths(st.data.train, *key)

@@ -7,7 +7,7 @@ format; ``trustad.model.overlay`` heatmap pictures. The flags are ``trustad.flag
 """
 
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FLAGS, make_flag
-from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_model_file
+from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_key, read_model_file
 from .fitted import SAVABLE_CALIBRATORS, FittedDetector
 from .overlay import overlay, overlay_png
 from .state import Prediction, image_record, json_safe
@@ -18,7 +18,6 @@ from .trust import (
     FlagReference,
     TrustEngine,
     TrustOptions,
-    flag_reference,
 )
 
 __all__ = [
@@ -37,11 +36,11 @@ __all__ = [
     "TrustEngine",
     "TrustOptions",
     "FlagReference",
-    "flag_reference",
     "image_record",
     "json_safe",
     "make_flag",
     "overlay",
     "overlay_png",
+    "read_key",
     "read_model_file",
 ]

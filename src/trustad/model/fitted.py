@@ -32,6 +32,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
+from .schema import BANK, CONFORMAL_SCORES
 from .scored import ScoredImages, flag_inputs
 from .state import Prediction, image_record, json_safe
 from .trust import (
@@ -45,8 +46,6 @@ from .trust import (
 
 # Calibrators whose fitted state is a few numbers, so that they can be saved as JSON.
 SAVABLE_CALIBRATORS = ("bayes", "platt", "temperature", "beta")
-BANK = "memory_bank"
-CONFORMAL_SCORES = "conformal.calibration_scores"
 
 
 class FittedDetector:
@@ -95,6 +94,8 @@ class FittedDetector:
                 false_flag_rate=(flag_options or {}).get(
                     "false_flag_rate", DEFAULT_FALSE_FLAG_RATE
                 ),
+                leave_one_out=leave_one_out,
+                benign_envelope=benign_envelope,
             )
         self.detector = AnomalyDINO(backbone, **detector_options)
         self.trust_options = trust
@@ -225,7 +226,7 @@ class FittedDetector:
             np.zeros(0) if cal_set is None else cal_set.scores,
             labels,
             images=recs,
-            reference=ref_set.references(self.trust_options.benign_envelope),
+            reference=ref_set.references(),
             leave_one_out_scores=loo_scores,
             normal_distances=(cal_normal.distances if cal_set is not None else []) + loo,
         )
@@ -336,12 +337,12 @@ class FittedDetector:
         """:meth:`settings` in strict JSON (infinite thresholds as strings)."""
         return json_safe(self.settings())
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model file (see ``trustad.model.file``)."""
+    def save(self, path: str | os.PathLike, sign_key: bytes | None = None) -> Path:
+        """Write the model file (see ``trustad.model.file``), signed with ``sign_key``."""
         tensors = {BANK: self.detector.memory_bank_}
         if self.conformal_ is not None:
             tensors[CONFORMAL_SCORES] = torch.from_numpy(self.conformal_.calibration_scores_)
-        return write_model_file(path, tensors, self.settings())
+        return write_model_file(path, tensors, self.settings(), sign_key)
 
     @classmethod
     def load(
@@ -352,11 +353,13 @@ class FittedDetector:
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        verify_key: bytes | None = None,
     ) -> FittedDetector:
         """A model file back in memory. Without ``backbone`` the recorded backbone is
         loaded (``weights``: an explicit file); either way its weights must have the
-        recorded sha256, else :class:`ModelFileError`."""
-        tensors, s = read_model_file(path)
+        recorded sha256, else :class:`ModelFileError`. With ``verify_key`` the file must
+        carry a signature made with that key."""
+        tensors, s = read_model_file(path, verify_key)
         bb = s["backbone"]
         recorded = bb["weights"]
         if backbone is None:

@@ -9,7 +9,7 @@ import numpy as np
 from torch import Tensor
 
 from ..flags import FlagInputs
-from .trust import FlagReference, flag_reference
+from .trust import FlagReference
 
 
 class ScoredImages(NamedTuple):
@@ -28,7 +28,7 @@ class ScoredImages(NamedTuple):
             self.scores[list(index)],
         )
 
-    def references(self, envelope: bool) -> list[FlagReference]:
+    def references(self) -> list[FlagReference]:
         """Flag references, one per group of equally-sized images."""
         groups: dict[tuple, list[int]] = {}
         for i, (d, x) in enumerate(zip(self.distances, self.images)):
@@ -37,7 +37,7 @@ class ScoredImages(NamedTuple):
         for index in groups.values():
             part = self.pick(index)
             inputs = flag_inputs(part.distances, part.features, part.images)
-            out.append(flag_reference(inputs, part.scores, envelope))
+            out.append(FlagReference(inputs, part.scores))
         return out
 
 

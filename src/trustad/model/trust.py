@@ -89,25 +89,23 @@ class TrustOptions:
 
 @dataclass
 class FlagReference:
-    """Normal images a flag's threshold is set on: their flag inputs, raw scores (for the
-    entropy flag's probabilities) and the inputs of their benign variants (pixels only)."""
+    """Normal images a flag's threshold is set on: their flag inputs (equally sized), their
+    raw scores (for the entropy flag's probabilities) and the seed of their benign
+    variants."""
 
     inputs: FlagInputs
     scores: np.ndarray
-    variants: list[FlagInputs] = field(default_factory=list)
+    seed: int = 0
 
-
-def flag_reference(
-    inputs: FlagInputs, scores: ArrayLike, envelope: bool = True, seed: int = 0
-) -> FlagReference:
-    """The reference of equally-sized normal images; with ``envelope``, each benign
-    variant of ``BENIGN_ENVELOPE`` as a batch of its own (images only: the flags that use
-    them read nothing else)."""
-    variants = []
-    if envelope and inputs.images is not None:
-        for _, images in benign_variants(inputs.images, seed):
-            variants.append(FlagInputs(torch.zeros(len(images), 1, 1), images=images))
-    return FlagReference(inputs, np.asarray(scores, dtype=np.float64).ravel(), variants)
+    def variants(self) -> list[FlagInputs]:
+        """The inputs of each benign variant of ``BENIGN_ENVELOPE`` (images only: the flags
+        that use them read nothing else)."""
+        if self.inputs.images is None:
+            return []
+        return [
+            FlagInputs(torch.zeros(len(images), 1, 1), images=images)
+            for _, images in benign_variants(self.inputs.images, self.seed)
+        ]
 
 
 @dataclass
@@ -216,7 +214,7 @@ class TrustEngine:
     def _fit_flags(self, detector: Any, reference: Sequence[FlagReference]) -> None:
         o = self.options
         parts = [self._with_probabilities(r.inputs, r.scores) for r in reference]
-        variants = [v for r in reference for v in r.variants] if o.benign_envelope else []
+        variants: list[FlagInputs] | None = None  # made when a flag first needs them
         for name in o.flags:
             flag = make_flag(name)
             missing = [k for k in flag.needs if getattr(parts[0], k) is None]
@@ -226,7 +224,9 @@ class TrustEngine:
                 continue
             flag.prepare(detector, parts[0])
             flag.fit(np.concatenate([flag.statistic(p) for p in parts]), o.false_flag_rate)
-            if flag.image_only and variants:
+            if flag.image_only and o.benign_envelope:
+                if variants is None:
+                    variants = [v for r in reference for v in r.variants()]
                 # The envelope is a bound, not a sample: none of its variants is flagged.
                 envelope = max(float(flag.statistic(v).max()) for v in variants)
                 flag.threshold_ = max(flag.threshold_, envelope)

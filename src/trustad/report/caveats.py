@@ -95,8 +95,10 @@ def caveats(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def caveat_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Caveats, then the degenerate fits with how many result rows each concerns."""
+def caveat_lines(rows: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> list[str]:
+    """Caveats, the degenerate fits with how many result rows each concerns, and what the
+    run left out (run.json's ``skipped``: unreadable images, masks, units)."""
     lines = caveats(rows)
     lines += [f"Warning ({n} result rows): {note}" for note, n in degenerate_fits(rows)]
+    lines += [f"Left out: {item}" for item in skipped]
     return lines

@@ -135,8 +135,8 @@ def _status_html(status: dict[str, Any], run: dict[str, Any]) -> str:
     return f'<div class="{cls}">' + "<br>".join(lines) + "</div>"
 
 
-def _caveats_html(rows: list[dict[str, Any]]) -> str:
-    lines = caveat_lines(rows)
+def _caveats_html(rows: list[dict[str, Any]], skipped: list[str]) -> str:
+    lines = caveat_lines(rows, skipped)
     if not lines:
         return "<p>Nothing to add.</p>"
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
@@ -167,7 +167,7 @@ def render(out: Path, rows: list[dict[str, Any]], run: dict[str, Any], figures: 
 
     body = {
         "status": ("Run status", _status_html(status, run)),
-        "caveats": ("Read this first", _caveats_html(rows)),
+        "caveats": ("Read this first", _caveats_html(rows, run.get("skipped", []))),
         "table1": ("Table 1: detection", tables("table1_detection")),
         "table2": ("Table 2: calibration", tables("table2_calibration")),
         "table3": ("Table 3: entropy under attack", tables("table3_entropy")),

@@ -3,6 +3,7 @@ caveats a reader must see first."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_report(rows: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
     sections = [
         "# trustad evaluation report",
         "",
@@ -64,7 +65,7 @@ def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
         "seeds). Detection metrics on the whole test set; calibration metrics and entropies "
         "on the evaluation part (calibrators fitted on clean calibration scores).",
     ]
-    notes = caveat_lines(rows)
+    notes = caveat_lines(rows, skipped)
     if notes:
         sections += ["", "## Read this first", *(f"- {line}" for line in notes)]
     for t in report_tables(rows):
@@ -76,5 +77,7 @@ def write_report(out: str | Path) -> Path:
     """Write ``out/report.md`` from ``out/results.csv``; returns its path."""
     out = Path(out)
     path = out / "report.md"
-    path.write_text(markdown_report(read_results(out)))
+    run_path = out / "run.json"
+    skipped = json.loads(run_path.read_text()).get("skipped", []) if run_path.exists() else []
+    path.write_text(markdown_report(read_results(out), skipped))
     return path

@@ -6,9 +6,15 @@ The app is imported on first use, so that ``serve.defaults`` can be read without
 
 from typing import Any
 
-from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_REQUEST_SECONDS
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app", "decode_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_REQUEST_SECONDS",
+    "create_app",
+    "decode_image",
+]
 
 
 def __getattr__(name: str) -> Any:

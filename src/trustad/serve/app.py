@@ -12,9 +12,12 @@ can send a token (the page and ``/docs`` then send it with every call).
 
 Concurrency: each request decodes its upload in the server's thread pool; the images of
 concurrent requests are scored together by one worker thread (``serve.batching``), each
-request getting the prediction of its own image. Every request is counted in the metrics
-and written as one access-log line (``serve.monitor``). Bad input gets a 4xx JSON body
-``{"error": "..."}`` naming the problem, never a 500.
+request getting the prediction of its own image. Each request has a time limit: one that
+waits for the model that long answers 503, one whose batch runs past the limit of its
+longest-waiting member is stopped (between backbone blocks) and answers 504, and the model
+is free for the next. Every request is counted in the metrics and written as one
+access-log line (``serve.monitor``). Bad input gets a 4xx JSON body ``{"error": "..."}``
+naming the problem, never a 500.
 """
 
 from __future__ import annotations
@@ -36,20 +39,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..backbone.preprocess import resized_size
 from ..backbone.runtime import DEFAULT_BATCH_SIZE
-from ..images import (
-    ImageReadError,
-    ImageTooLargeError,
-    NotAnImageError,
-    read_rgb8,
-    read_size,
-)
+from ..deadline import Busy, TimeLimitExceeded
+from ..images import ImageReadError, ImageTooLargeError, NotAnImageError, read_rgb8
 from ..model import FittedDetector, json_safe, overlay_png
 from .batching import Batcher
-from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_WAIT_MS
+from .defaults import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_WAIT_MS,
+    DEFAULT_REQUEST_SECONDS,
+)
 from .monitor import Monitor, Scored
 
 STATIC = Path(__file__).parent / "static"
@@ -83,20 +86,10 @@ def decode_image(
     data: bytes, max_pixels: int, name: str = "upload", resolution: int | None = None
 ) -> Image.Image:
     """The uploaded bytes as 8-bit RGB, or :class:`UploadError` (415 not an image, 413 too
-    many pixels, also once resized to ``resolution`` (a very elongated image grows), 400
-    empty, truncated or corrupt)."""
+    many pixels or too elongated, also once resized to ``resolution``, checked on the
+    header as every reader does; 400 empty, truncated or corrupt)."""
     try:
-        w, h = read_size(data, max_pixels=max_pixels)
-        if resolution is not None:
-            rw, rh = resized_size(w, h, resolution)
-            if rw * rh > max_pixels:
-                raise UploadError(
-                    413,
-                    f"{name}: image is {w}x{h}, which the model resizes to {rw}x{rh} = "
-                    f"{rw * rh} pixels (smaller edge {resolution}), more than the limit "
-                    f"{max_pixels}",
-                )
-        return read_rgb8(data, max_pixels=max_pixels)
+        return read_rgb8(data, max_pixels=max_pixels, resolution=resolution)
     except ImageTooLargeError as exc:
         raise UploadError(413, f"{name}: {exc.reason}") from exc
     except NotAnImageError as exc:
@@ -121,11 +114,12 @@ def create_app(
     token: str | None = None,
     max_batch: int = DEFAULT_BATCH_SIZE,
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
 ) -> FastAPI:
     """The service for ``model``: the limits answer 413 beyond them; ``token`` (if any)
     is required by ``/predict``, ``/model`` and ``/metrics``; up to ``max_batch``
     concurrent images are scored together, waiting at most ``max_wait_ms`` for the batch
-    to fill."""
+    to fill; the time limit per request (None: none) answers 503 or 504."""
     if token is not None and not token.strip():
         raise ValueError("the service token is empty")
     monitor = Monitor()
@@ -145,7 +139,11 @@ def create_app(
         + (" /predict, /model and /metrics need the service's token (Authorize)." if token else ""),
         lifespan=lifespan,
     )
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "request_seconds": request_seconds,
+    }
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
@@ -166,6 +164,15 @@ def create_app(
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # e.g. a multipart form the parser refuses: the same {"error": ...} body as the rest
+        return JSONResponse(
+            {"error": str(exc.detail), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -228,17 +235,28 @@ def create_app(
     @app.post("/predict", dependencies=guarded)
     def predict(
         request: Request,
-        file: Annotated[UploadFile, File(description="the image to score")],
+        file: Annotated[list[UploadFile], File(description="the image to score (one)")],
         map_format: Annotated[
             MapFormat, Query(alias="map", description="none, png overlay or raw float32 map")
         ] = MapFormat.none,
     ) -> dict[str, Any]:
+        if len(file) != 1:
+            names = ", ".join(f.filename or "upload" for f in file)
+            raise UploadError(422, f"send one image per request, got {len(file)}: {names}")
+        (file,) = file
         name = file.filename or "upload"
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
         rgb = decode_image(data, max_pixels, name, model.detector.resolution)
-        pred = batcher.score(rgb, maps=map_format is not MapFormat.none)
+        try:
+            pred = batcher.score(rgb, map_format is not MapFormat.none, request_seconds)
+        except Busy as exc:
+            raise UploadError(503, f"{name}: {exc}; try again later") from exc
+        except TimeLimitExceeded as exc:
+            raise UploadError(
+                504, f"{name}: not scored within the time limit of {request_seconds:g} s"
+            ) from exc
         request.state.scored = Scored(rgb.width, rgb.height, pred)
         out: dict[str, Any] = {
             "filename": name,

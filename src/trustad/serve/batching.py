@@ -5,6 +5,11 @@ and waits; the worker takes the first waiting image, gathers more for up to ``ma
 (at most ``max_batch`` in all), scores them in one call and hands each request the
 prediction at its own position. Requests never share anything but the model call, so an
 answer cannot reach the wrong request.
+
+Time limits: a request that waits longer than its limit for its batch to start is taken
+out of the queue and gets :class:`Busy`; a batch runs under the limit of its member with
+the most time left, and one that runs past it is stopped between backbone blocks
+(:class:`TimeLimitExceeded` for each of its requests).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as WaitedTooLong
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from ..backbone.runtime import DEFAULT_BATCH_SIZE
+from ..deadline import Busy, time_limit
 from ..model import FittedDetector, Prediction
 from .defaults import DEFAULT_MAX_WAIT_MS
 
@@ -29,6 +36,7 @@ class Pending:
 
     rgb: Image.Image
     maps: bool
+    deadline: float | None = None  # time.monotonic() by which it must be answered
     answer: Future = field(default_factory=Future)
 
 
@@ -59,14 +67,21 @@ class Batcher:
         self.worker = threading.Thread(target=self._work, name="trustad-batcher", daemon=True)
         self.worker.start()
 
-    def score(self, rgb: Image.Image, maps: bool) -> Prediction:
-        """The prediction for ``rgb``, once its batch has been scored (blocks)."""
-        pending = Pending(rgb, maps)
+    def score(self, rgb: Image.Image, maps: bool, seconds: float | None = None) -> Prediction:
+        """The prediction for ``rgb``, once its batch has been scored (blocks), within
+        ``seconds`` (None: no limit; see the module docstring)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        pending = Pending(rgb, maps, deadline)
         with self.closing:
             if self.closed:
                 raise RuntimeError("the service is shutting down")
             self.waiting.put(pending)
-        return pending.answer.result()
+        try:
+            return pending.answer.result(timeout=seconds)
+        except WaitedTooLong:
+            if pending.answer.cancel():  # still queued: the worker will skip it
+                raise Busy(f"the model was busy with other requests for {seconds:g} s") from None
+            return pending.answer.result()  # its batch is running, under a time limit
 
     def close(self) -> None:
         """Score what is already waiting, then stop the worker."""
@@ -98,10 +113,18 @@ class Batcher:
             first = self.waiting.get()
             if first is None:
                 break
-            batch, stop = self._gather(first)
+            gathered, stop = self._gather(first)
+            batch = [p for p in gathered if p.answer.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            deadlines = [p.deadline for p in batch]
+            left = None if None in deadlines else max(deadlines) - time.monotonic()
             try:
                 # One call for the batch; maps are computed when any request wants them.
-                preds = self.model.predict([p.rgb for p in batch], maps=any(p.maps for p in batch))
+                with time_limit(left):
+                    preds = self.model.predict(
+                        [p.rgb for p in batch], maps=any(p.maps for p in batch)
+                    )
             except Exception as exc:  # every request of the batch learns why
                 for p in batch:
                     p.answer.set_exception(exc)
