@@ -63,16 +63,15 @@ def pools(args, tmp: Path) -> list[tuple[str, str, list[torch.Tensor], list[torc
     out = []
     n_normal, n_defect = max(args.shots) + max(args.n_cal) // 2 + args.test, args.test
     if "synthetic" in args.data:
-        root = make_synthetic_dataset(
-            tmp / "syn", ("brick", "grass"), n_normal, 1, n_defect, 256, args.seed
-        )
-        for name in ("brick", "grass"):
+        names = ("brick", "grass")[: args.categories]
+        root = make_synthetic_dataset(tmp / "syn", names, n_normal, 1, n_defect, 256, args.seed)
+        for name in names:
             data = load_category("mvtec", str(root), name)
             normal = [preprocess(p, args.resolution) for p in data.train]
             defect = [preprocess(s.path, args.resolution) for s in data.test if s.label == 1]
             out.append(("synthetic", name, normal, defect))
     if "photos" in args.data:
-        for name in PHOTO_CATEGORIES[:2]:
+        for name in PHOTO_CATEGORIES[: args.categories]:
             c = make_photo_category(name, n_normal, 0, n_defect, 256, args.seed)
             normal = [preprocess(x, args.resolution) for x in c.train]
             defect = [preprocess(x, args.resolution) for x in c.test]
@@ -194,17 +193,62 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def _f(cell: dict, key: str, digits: int = 2) -> str:
+    return "-" if key not in cell else f"{cell[key]:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    """The tables of benchmarks/results/small_sample.md."""
+    lines = [
+        "| data | k | n_cal | finite threshold, % of draws | FAR mean | FAR p90 | detection | "
+        "NLL bayes | NLL platt | NLL score | NLL base | ECE bayes | ECE platt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cells"]:
+        lines.append(
+            f"| {c['data']} ({c['category']}) | {c['k']} | {c['n_cal']} | "
+            f"{100 * c['decision_share']:.0f} | {_f(c, 'far')} | {_f(c, 'far_p90')} | "
+            f"{_f(c, 'detection')} | {_f(c, 'nll_bayes')} | {_f(c, 'nll_platt')} | "
+            f"{_f(c, 'nll_score')} | {_f(c, 'nll_base')} | {_f(c, 'ece_bayes')} | "
+            f"{_f(c, 'ece_platt')} |"
+        )
+    lines += [
+        "",
+        "| data | k | n_cal | flag rate clean | "
+        + " | ".join(BENIGN)
+        + " | AUROC 2/255 | AUROC 4/255 | AUROC 8/255 |",
+        "|---|---|---|---|" + "---|" * (len(BENIGN) + 3),
+    ]
+    for c in results["cells"]:
+        if "flag_clean" not in c:
+            continue
+        benign = " | ".join(_f(c, f"flag_{t}") for t in BENIGN)
+        aurocs = " | ".join(_f(c, f"flag_auroc_{e}") for e in ATTACK_EPS)
+        lines.append(
+            f"| {c['data']} ({c['category']}) | {c['k']} | {c['n_cal']} | "
+            f"{_f(c, 'flag_clean')} | {benign} | {aurocs} |"
+        )
+    lines += ["", "| n_cal | coverage of the 90 % interval |", "|---|---|"]
+    lines += [f"| {n} | {100 * v:.1f} % |" for n, v in results["coverage"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", default=["synthetic", "photos"])
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--n-cal", type=int, nargs="+", default=[0, 4, 8, 16])
     p.add_argument("--draws", type=int, default=20)
+    p.add_argument("--categories", type=int, default=1, help="categories of each data kind")
     p.add_argument("--test", type=int, default=16, help="held-out images of each class")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/small_sample.json")
+    p.add_argument("--tables", metavar="JSON", help="print the Markdown tables of a result")
     args = p.parse_args()
+    if args.tables:
+        print(markdown(json.loads(Path(args.tables).read_text())))
+        return
     torch.manual_seed(args.seed)
     backbone = load_backbone("dinov2_vits14")
     runtime = BackboneRuntime(backbone, resolution=args.resolution, batch_size=8)

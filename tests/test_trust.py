@@ -103,3 +103,31 @@ def test_benign_corruptions_are_conditions_with_flag_rates(dataset, tmp_path):
     assert by_condition["gaussian-noise:2"]["flag_rate_noise_level"] == 0.0
     with pytest.raises(ValueError, match="bogus"):
         EvaluationSettings(dataset="folder", root=str(dataset), corruptions=["bogus:1"])
+
+
+def test_test_images_of_several_sizes_keep_their_flags_and_gate(dataset, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    good = sorted((root / "brick").glob("test/good/*.png"))
+    assert len(good) >= 2
+    for path in good[:2]:  # two normal test images of another shape
+        Image.open(path).resize((96, 72)).save(path)
+    settings = EvaluationSettings(
+        dataset="folder",
+        root=str(root),
+        categories=["brick"],
+        shots=[1],
+        seeds=1,
+        resolution=56,
+        attacks=["noise"],
+        calibration_fraction=0.5,
+    )
+    rows = Evaluation(settings, make_tiny_vit(), tmp_path / "run", progress=False).run()
+    noise = next(r for r in rows if r["condition"] == "noise")
+    assert "flags left out" not in noise["note"]
+    assert noise["gated_share"] == 1.0 and noise["flag_rate_noise_level"] == 1.0
+    assert 0.0 <= noise["flag_auroc_noise_level"] <= 1.0

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ..data import support_paths
 from ..detector import AnomalyDINO
-from ..model import MODEL_SUFFIX, Assessment, FlagReference, TrustEngine
+from ..model import MODEL_SUFFIX, Assessment, TrustEngine
+from ..model.scored import ScoredImages, grouped_flag_values, shape_groups
 from .category import CategoryState
 from .flagging import FlagInputCache, ScoredSet
 from .rows import Split
@@ -36,14 +37,15 @@ def fit_trust(
     model, cal, labels = st.model, split.calibration, st.labels
     scores = det.scores_from_distances(clean_dists)
     normal = cal[labels[cal] == 0]
-    reference, left_out = [], None
-    if len(normal) and model.trust_options.flags:
-        clean = ScoredSet(clean_dists, st.clean_features, st.images)
-        try:
-            inputs = st.flag_inputs.inputs(clean).subset(normal)
-            reference = [FlagReference(inputs, scores[normal], seed=key[1])]
-        except ValueError as exc:  # test images of several sizes form no batch
-            left_out = f"flags left out: {exc}"
+    reference = []
+    if model.trust_options.flags:
+        normal_images = ScoredImages(
+            [clean_dists[i] for i in normal],
+            [st.clean_features[i] for i in normal],
+            [st.images[i] for i in normal],
+            scores[normal],
+        )
+        reference = normal_images.references(seed=key[1])
     paths = support_paths(st.data.train, *key)
     loo = det.leave_one_out_distances([st.support_features[p] for p in paths])
     model.calibrate(
@@ -53,8 +55,6 @@ def fit_trust(
         leave_one_out_scores=det.scores_from_distances(loo),
         normal_distances=[clean_dists[i] for i in normal] + loo,
     )
-    if left_out:
-        model.trust_.notes_.append(left_out)
     if save_models:
         shots, seed = key
         model.save(Path(save_models) / f"{st.category}-{shots}shot-seed{seed}{MODEL_SUFFIX}")
@@ -64,7 +64,13 @@ def fit_trust(
 def assess(
     trust: TrustEngine, scores: np.ndarray, scored: ScoredSet, cache: FlagInputCache
 ) -> Assessment:
-    """The trust engine's fields for a scored image set (no flags when its images do not
-    form one batch: the engine then has none either)."""
-    values = trust.flag_values(scores, cache.inputs(scored)) if trust.flags_ else {}
+    """The trust engine's fields for a scored image set; images of one size share one batch
+    (and the noise level of a set is computed once), images of several sizes are flagged
+    one batch per size."""
+    values = {}
+    if trust.flags_:
+        if len(shape_groups(scored.distances, scored.images)) == 1:
+            values = trust.flag_values(scores, cache.inputs(scored))
+        else:
+            values = grouped_flag_values(trust, scores, *scored)
     return trust.assess(scores, values)

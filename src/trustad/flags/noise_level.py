@@ -16,6 +16,8 @@ the median, whose gradient reaches one pixel only.
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from .base import BaseFlag, FlagInputs
@@ -42,7 +44,13 @@ class NoiseLevelFlag(BaseFlag):
     image_only = True
 
     def compute(self, inputs: FlagInputs) -> Tensor:
-        return noise_response(inputs.images).flatten(1).median(dim=1).values
+        response = noise_response(inputs.images).flatten(1)
+        if torch.is_grad_enabled() or response.device.type != "cpu":
+            return response.median(dim=1).values
+        # The same lower median by selection, several times faster than torch's on the CPU.
+        flat = response.numpy()
+        k = (flat.shape[1] - 1) // 2
+        return torch.from_numpy(np.partition(flat, k, axis=1)[:, k].copy())
 
     def surrogate(self, inputs: FlagInputs) -> Tensor:
         return noise_response(inputs.images).flatten(1).mean(dim=1)

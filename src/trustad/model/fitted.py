@@ -33,7 +33,7 @@ from ..detector import AnomalyDINO, anomaly_map
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
 from .schema import BANK, CONFORMAL_SCORES
-from .scored import ScoredImages, flag_inputs
+from .scored import ScoredImages, grouped_flag_values
 from .state import Prediction, image_record, json_safe
 from .trust import (
     DEFAULT_CALIBRATOR,
@@ -251,39 +251,14 @@ class FittedDetector:
         are needed by the flags that read pixels."""
         dists = self.detector.distances_from_features(features)
         scores = self.detector.scores_from_distances(dists)
-        fields = self.trust_.assess(scores, self._flag_values(scores, dists, features, images))
+        values = grouped_flag_values(self.trust_, scores, dists, features, images)
+        fields = self.trust_.assess(scores, values)
         return [
             Prediction(
                 **fields.prediction_fields(i), anomaly_map=anomaly_map(d, size) if maps else None
             )
             for i, (d, size) in enumerate(zip(dists, sizes))
         ]
-
-    def _flag_values(
-        self,
-        scores: np.ndarray,
-        dists: Sequence[Tensor],
-        features: Sequence[Tensor],
-        images: Sequence[Tensor] | None,
-    ) -> dict[str, np.ndarray]:
-        """The fitted flags' values, image by image where the images differ in size."""
-        if not self.trust_.flags_:
-            return {}
-        if images is None:
-            images = [None] * len(dists)
-        shapes = {
-            (tuple(d.shape), None if x is None else tuple(x.shape)) for d, x in zip(dists, images)
-        }
-        groups = [list(range(len(dists)))] if len(shapes) == 1 else [[i] for i in range(len(dists))]
-        parts = []
-        for idx in groups:
-            inputs = flag_inputs(
-                [dists[i] for i in idx],
-                [features[i] for i in idx],
-                None if images[0] is None else [images[i] for i in idx],
-            )
-            parts.append(self.trust_.flag_values(scores[idx], inputs))
-        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def predict(self, images: Sequence[ImageInput], maps: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per image (paths, PIL images or arrays)."""

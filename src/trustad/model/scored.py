@@ -9,7 +9,7 @@ import numpy as np
 from torch import Tensor
 
 from ..flags import FlagInputs
-from .trust import FlagReference
+from .trust import FlagReference, TrustEngine
 
 
 class ScoredImages(NamedTuple):
@@ -28,17 +28,46 @@ class ScoredImages(NamedTuple):
             self.scores[list(index)],
         )
 
-    def references(self) -> list[FlagReference]:
+    def references(self, seed: int = 0) -> list[FlagReference]:
         """Flag references, one per group of equally-sized images."""
-        groups: dict[tuple, list[int]] = {}
-        for i, (d, x) in enumerate(zip(self.distances, self.images)):
-            groups.setdefault((tuple(d.shape), tuple(x.shape)), []).append(i)
         out = []
-        for index in groups.values():
+        for index in shape_groups(self.distances, self.images):
             part = self.pick(index)
             inputs = flag_inputs(part.distances, part.features, part.images)
-            out.append(FlagReference(inputs, part.scores))
+            out.append(FlagReference(inputs, part.scores, seed))
         return out
+
+
+def shape_groups(
+    distances: Sequence[Tensor], images: Sequence[Tensor] | None = None
+) -> list[list[int]]:
+    """Indices of the images that share their grid and image shapes (flags read a batch of
+    one shape), in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(distances):
+        shape = None if images is None else tuple(images[i].shape)
+        groups.setdefault((tuple(d.shape), shape), []).append(i)
+    return list(groups.values())
+
+
+def grouped_flag_values(
+    trust: TrustEngine,
+    scores: np.ndarray,
+    distances: Sequence[Tensor],
+    features: Sequence[Tensor],
+    images: Sequence[Tensor] | None,
+) -> dict[str, np.ndarray]:
+    """The fitted flags' values of images of any sizes, one batch per shape, in order."""
+    out: dict[str, np.ndarray] = {}
+    for idx in shape_groups(distances, images):
+        inputs = flag_inputs(
+            [distances[i] for i in idx],
+            [features[i] for i in idx],
+            None if images is None else [images[i] for i in idx],
+        )
+        for name, values in trust.flag_values(scores[idx], inputs).items():
+            out.setdefault(name, np.zeros(len(scores)))[idx] = values
+    return out
 
 
 def flag_inputs(
