@@ -178,6 +178,16 @@ class DinoVisionTransformer(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
 
+    def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        """The position embedding [1, 1 + h*w, D] for a grid_h x grid_w patch grid."""
+        return interpolate_pos_embed(
+            self.pos_embed,
+            grid_h,
+            grid_w,
+            self.config.interpolate_offset,
+            self.config.interpolate_antialias,
+        )
+
     def forward_tokens(self, x: Tensor) -> Tensor:
         """Normalised tokens [B, 1 + registers + h*w, D] after the final LayerNorm."""
         if x.ndim != 4 or x.shape[1] != 3:
@@ -188,17 +198,10 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         x = (x - self.pixel_mean) / self.pixel_std
         tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
-        pos = interpolate_pos_embed(
-            self.pos_embed,
-            h // p,
-            w // p,
-            self.config.interpolate_offset,
-            self.config.interpolate_antialias,
-        )
-        tokens = tokens + pos.to(tokens.dtype)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + self.position_embedding(h // p, w // p).to(tokens.dtype)
         if self.config.num_register_tokens:
-            regs = self.register_tokens.expand(len(tokens), -1, -1)
+            regs = self.register_tokens.expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
         for block in self.blocks:
             if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
@@ -214,7 +217,7 @@ class DinoVisionTransformer(nn.Module):
         """
         tokens = self.forward_tokens(x)[:, 1 + self.config.num_register_tokens :]
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        return tokens.reshape(len(x), h, w, self.embed_dim)
+        return tokens.reshape(x.shape[0], h, w, self.embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.patch_features(x)

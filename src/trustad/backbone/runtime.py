@@ -118,7 +118,9 @@ class BackboneRuntime:
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        # A backbone run outside torch (an exported graph) has no parameters: the CPU.
+        param = next(self.backbone.parameters(), None)
+        return torch.device("cpu") if param is None else param.device
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[list[Tensor], list]:
         """Model inputs (3, H, W) in [0, 1] and original (width, height) sizes."""

@@ -10,7 +10,7 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, evaluate, fit, predict, serve, weights
+    from . import demo, evaluate, export, fit, predict, serve, weights
 
     parser = argparse.ArgumentParser(
         prog="trustad",
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    export.add_parser(sub)
     fit.add_parser(sub)
     predict.add_parser(sub)
     serve.add_parser(sub)

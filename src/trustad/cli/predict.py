@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ..backbone.preprocess import load_rgb8
+from ..engines.runners import load_model
 from ..model import FittedDetector, overlay_png
+from .export import add_engine_option
 from .inputs import add_verify_key, collect_images
-from .options import add_device_option, add_setting_options, device_of
+from .options import add_device_option, add_setting_options, model_device
 from .records import FORMATS, RecordWriter, format_for, resume
 
 
@@ -26,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "that cannot be read). Exits with status 1 when any image failed. Rerunning with the "
         "same --out skips images already written.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--out", default=None, help="results file (default: standard output)")
     p.add_argument(
@@ -44,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_setting_options(p, ["batch_size", "weights"])
     add_device_option(p)
+    add_engine_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_verify_key(p)
     p.set_defaults(func=run)
@@ -113,9 +118,9 @@ def predict_paths(
                 found[i] = {"path": str(path), "error": str(exc)}
         if good:
             tensors, _ = model.detector.runtime.preprocess(rgbs)
-            feats = model.detector.features(tensors)
+            feats, dists = model.engine.run(tensors)
             sizes = [r.size for r in rgbs]
-            preds = model.predict_from_features(feats, sizes, maps is not None, tensors)
+            preds = model.predict_from_distances(feats, dists, sizes, maps is not None, tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
                 if maps is not None:
@@ -138,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
     if args.out and Path(args.out).is_dir():
         raise IsADirectoryError(f"--out {args.out} is a folder; give the results file's name")
-    model = FittedDetector.load(
+    model = load_model(
         args.model,
+        args.engine,
         weights=args.weights,
-        device=device_of(args),
+        device=model_device(args.device, args.model),
         batch_size=args.batch_size,
         verify_key=args.verify_key,
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..backbone.runtime import DEFAULT_BATCH_SIZE, resolve_device
+from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..serve.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -24,14 +24,16 @@ from ..serve.defaults import (
     DEFAULT_REQUEST_SECONDS,
     MULTIPROCESS_METRICS_ENV,
 )
+from .export import add_engine_option
 from .inputs import add_verify_key
-from .options import add_device_option, add_setting_options
+from .options import add_device_option, add_setting_options, model_device
 
 TOKEN_ENV = "TRUSTAD_TOKEN"
 # How `serve --workers N` hands its options to the worker processes.
 WORKER_OPTIONS_ENV = "TRUSTAD_SERVE_OPTIONS"
 WORKER_OPTIONS = (
     "model",
+    "engine",
     "weights",
     "device",
     "token_file",
@@ -56,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-wait-ms); one access-log line per request goes to standard error. --workers N "
         "runs N processes on one port.",
     )
-    p.add_argument("model", help="model file written by `trustad fit`")
+    p.add_argument(
+        "model", help="model file written by `trustad fit`, or a file from `trustad export`"
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -65,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
     add_device_option(p)
     add_setting_options(p, ["weights"])
+    add_engine_option(p)
     p.add_argument(
         "--token-file",
         metavar="FILE",
@@ -143,14 +148,16 @@ def log_access_to_stderr() -> None:
 
 
 def load_model(options: dict[str, Any]) -> Any:
-    from ..model import FittedDetector
+    from ..engines.runners import load_model as load
 
-    return FittedDetector.load(
+    key = options["verify_key"]
+    return load(
         options["model"],
+        options["engine"],
         weights=options["weights"],
-        device=resolve_device(options["device"]),
+        device=model_device(options["device"], options["model"]),
         batch_size=options["max_batch"],
-        verify_key=None if options["verify_key"] is None else bytes.fromhex(options["verify_key"]),
+        verify_key=None if key is None else bytes.fromhex(key),
     )
 
 

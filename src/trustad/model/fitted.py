@@ -15,7 +15,7 @@ probability >= 0.5); else ``None`` (no decision, only the raw score).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..backbone import load_backbone, resolve_weights
 from ..backbone.preprocess import ImageInput
 from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..detector import AnomalyDINO, anomaly_map
+from ..engines.base import InferenceEngine, TorchEngine
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
 from .file import ModelFileError, read_model_file, write_model_file
 from .schema import BANK, CONFORMAL_SCORES
@@ -98,6 +99,8 @@ class FittedDetector:
                 benign_envelope=benign_envelope,
             )
         self.detector = AnomalyDINO(backbone, **detector_options)
+        # Images -> features and distances; an exported graph's runner may replace it.
+        self.engine: InferenceEngine = TorchEngine(self.detector)
         self.trust_options = trust
         self._reset_calibration()
 
@@ -250,6 +253,18 @@ class FittedDetector:
         (width, height) of the images, for their maps; ``images``, the preprocessed images,
         are needed by the flags that read pixels."""
         dists = self.detector.distances_from_features(features)
+        return self.predict_from_distances(features, dists, sizes, maps, images)
+
+    def predict_from_distances(
+        self,
+        features: Sequence[Tensor],
+        dists: Sequence[Tensor],
+        sizes: Sequence[tuple[int, int]],
+        maps: bool = True,
+        images: Sequence[Tensor] | None = None,
+    ) -> list[Prediction]:
+        """:meth:`predict_from_features` with the patch-distance grids (h, w) found already
+        (by :attr:`engine`)."""
         scores = self.detector.scores_from_distances(dists)
         values = grouped_flag_values(self.trust_, scores, dists, features, images)
         fields = self.trust_.assess(scores, values)
@@ -268,8 +283,8 @@ class FittedDetector:
         step = self.batch_size
         for start in range(0, len(images), step):
             tensors, sizes = self.detector.runtime.preprocess(images[start : start + step])
-            feats = self.detector.features(tensors)
-            out += self.predict_from_features(feats, sizes, maps, tensors)
+            feats, dists = self.engine.run(tensors)
+            out += self.predict_from_distances(feats, dists, sizes, maps, tensors)
         return out
 
     # -- saving -----------------------------------------------------------------------
@@ -355,6 +370,14 @@ class FittedDetector:
                 f"{path}: memory bank features have {bank.shape[1]} dimensions, the backbone "
                 f"gives {backbone.embed_dim}"
             )
+        return cls.from_contents(backbone, tensors, s, batch_size)
+
+    @classmethod
+    def from_contents(
+        cls, backbone: torch.nn.Module, tensors: Mapping, s: Mapping, batch_size: int = 8
+    ) -> FittedDetector:
+        """The model of a file's ``tensors`` and settings ``s``, on a checked backbone."""
+        bank = tensors[BANK]
         model = cls(backbone, **s["preprocessing"], batch_size=batch_size, **s["requested"])
         model.detector.memory_bank_ = bank.to(model.detector.device)
         model.support_ = s["support"]
