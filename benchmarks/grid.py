@@ -94,7 +94,8 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     ],
     "preprocess": [
         ("trustad.backbone.preprocess", "preprocess"),
-        ("trustad.backbone.preprocess", "rotate_rgb8"),
+        ("trustad.backbone.preprocess", "rotate_rgb8"),  # before
+        ("trustad.backbone.rotate", "rotate_rgb8"),  # after
         ("trustad.backbone.preprocess", "preprocess_mask"),
         ("trustad.backbone.preprocess", "patch_mask"),
         ("trustad.backbone.resize", "preprocess_batch"),

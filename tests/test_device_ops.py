@@ -2,51 +2,54 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_ops import numpy_rotation
 
 from trustad.attacks import linf, mean_linf_psnr, psnr
 from trustad.backbone.preprocess import crop_to_patches, preprocess, resized_size
 from trustad.backbone.resize import pillow_coefficients, preprocess_batch, resize_bicubic_uint8
-from trustad.backbone.rotate import rotate_rgb8_torch
+from trustad.backbone.rotate import (
+    rotate_rgb8,
+    rotate_rgb8_opencv,
+    rotate_rgb8_torch,
+    rotation_matrix,
+)
 
-ANGLES = (0, 45, 90, 135, 180, 225, 270, 315, 30, -17.5)
+ANGLES = (0, 45, 90, 135, 180, 225, 270, 315, 30, -17.5, 0.001)
 
 
-def test_rotation_equals_the_numpy_rotation(torch_device):
+@pytest.mark.parametrize("rotate", [rotate_rgb8, rotate_rgb8_torch])
+def test_rotation_equals_opencv_bit_for_bit(torch_device, rotate):
+    # The reference code's own call is the oracle; both paths, every angle, odd sizes.
     rng = np.random.default_rng(0)
-    for h, w in [(1, 1), (1, 6), (5, 3), (31, 40)]:
+    for h, w in [(1, 1), (1, 6), (5, 3), (31, 40), (37, 50), (448, 448), (300, 413)]:
         arrs = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
         x = torch.from_numpy(arrs).permute(0, 3, 1, 2).to(torch_device)
-        views = rotate_rgb8_torch(x, ANGLES)
+        views = rotate(x, ANGLES)
         assert views.shape == (2, len(ANGLES), 3, h, w) and views.device == x.device
         for b in range(2):
             for k, angle in enumerate(ANGLES):
                 got = views[b, k].permute(1, 2, 0).cpu().numpy()
-                np.testing.assert_array_equal(got, numpy_rotation(arrs[b], angle))
+                ref = rotate_rgb8_opencv(arrs[b], angle) if angle else arrs[b]
+                np.testing.assert_array_equal(got, ref, err_msg=f"{h}x{w} at {angle} degrees")
 
 
-@pytest.mark.parametrize("angle", [45, 90, 135, 30])
-def test_rotation_within_one_grey_level_of_opencv(torch_device, angle):
-    cv2 = pytest.importorskip(
-        "cv2", reason="OpenCV is not installed (pip install 'opencv-python-headless<5')"
-    )
-    if int(cv2.__version__.split(".")[0]) >= 5:
-        pytest.skip("OpenCV 5 computes warpAffine coordinates in floating point")
-    arr = np.random.default_rng(angle).integers(0, 256, size=(37, 50, 3), dtype=np.uint8)
-    mat = cv2.getRotationMatrix2D((25.0, 18.5), angle, 1.0)
-    ref = cv2.warpAffine(
-        arr, mat, (50, 37), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    )
-    chw = torch.from_numpy(arr).permute(2, 0, 1).to(torch_device)
-    ours = rotate_rgb8_torch(chw, [angle])[0].permute(1, 2, 0).cpu().numpy()
-    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+def test_rotation_matrix_is_the_reference_codes():
+    # image_center = tuple(np.array(image.shape[1::-1]) / 2) for a 37x50 image
+    ref = cv2.getRotationMatrix2D((25.0, 18.5), 45, 1.0)
+    np.testing.assert_array_equal(rotation_matrix(37, 50, 45), ref)
 
 
-def test_rotation_rejects_float_images():
+def test_rotation_of_a_single_image_and_bad_input():
+    img = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 9, 7), dtype=np.uint8))
+    views = rotate_rgb8(img, [0, 90])
+    assert views.shape == (2, 3, 9, 7)
+    assert torch.equal(views[0], img)
+    with pytest.raises(ValueError, match="uint8"):
+        rotate_rgb8(torch.rand(3, 8, 8), [45])
     with pytest.raises(ValueError, match="uint8"):
         rotate_rgb8_torch(torch.rand(3, 8, 8), [45])
 

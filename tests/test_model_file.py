@@ -123,6 +123,7 @@ def _set(path: str, value) -> Callable[[dict], None]:
         (_set("decision_rule", "majority"), "settings.decision_rule"),
         (_set("requested.shots", 3), "settings.requested: unknown key(s) shots"),
         (_set("map_range", [0.0, "nan"]), "settings.map_range"),
+        (_set("pixel_threshold", "high"), "settings.pixel_threshold"),
         (_set("memory_bank.patches", 1), "tensor 'memory_bank': shape"),
     ],
 )
@@ -132,6 +133,13 @@ def test_schema_names_the_field(saved, tmp_path, edit, field):
     with pytest.raises(ModelFileError, match="not a valid trustad model") as err:
         read_model_file(edited)
     assert field in str(err.value)
+
+
+def test_a_file_without_a_pixel_threshold_loads_without_one(saved, tmp_path):
+    plain, _ = saved
+    assert FittedDetector.load(plain, make_tiny_vit()).pixel_threshold_ is not None
+    older = reforge(plain, tmp_path / "older.safetensors", _drop("pixel_threshold"))
+    assert FittedDetector.load(older, make_tiny_vit()).pixel_threshold_ is None
 
 
 def test_empty_memory_bank_is_refused(saved, tmp_path):

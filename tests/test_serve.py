@@ -19,6 +19,7 @@ from PIL import Image
 
 from trustad.deadline import TimeLimitExceeded, check_time, time_limit
 from trustad.model import DEFAULT_CALIBRATOR, FittedDetector
+from trustad.model.overlay import overlay_size
 
 httpx = require("httpx")
 require("fastapi")
@@ -91,7 +92,7 @@ def test_predict_equals_the_model(served, fmt):
         assert "map" not in body
     elif fmt == "png":
         overlay = Image.open(io.BytesIO(base64.b64decode(body["map"]["data"])))
-        assert overlay.format == "PNG" and overlay.size == (64, 60)
+        assert overlay.format == "PNG" and overlay.size == overlay_size(64, 60)
     else:
         raw = np.frombuffer(base64.b64decode(body["map"]["data"]), dtype="<f4")
         np.testing.assert_array_equal(raw.reshape(body["map"]["shape"]), want.anomaly_map)

@@ -17,7 +17,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .backbone.preprocess import DEFAULT_RESOLUTION, ImageInput, load_rgb8
-from .backbone.rotate import rotate_rgb8_torch
+from .backbone.rotate import rotate_rgb8
 from .backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from .maps import MAP_SIGMA, anomaly_maps_torch
 
@@ -285,9 +285,8 @@ class AnomalyDINO:
         rgb = load_rgb8(image, self.resolution)
         if not self.rotate:
             return self.runtime.preprocess([rgb])[0]
-        # All angles in one call: each is rotate_rgb8's rotation, without its PIL round trips.
         chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
-        views = rotate_rgb8_torch(chw, ROTATION_ANGLES).permute(0, 2, 3, 1).numpy()
+        views = rotate_rgb8(chw, ROTATION_ANGLES).permute(0, 2, 3, 1).numpy()
         return self.runtime.preprocess(list(views))[0]
 
     def features(self, images: Sequence[Tensor]) -> list[Tensor]:

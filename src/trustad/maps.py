@@ -18,9 +18,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .backbone.dinov2 import PATCH_SIZE
 
 MAP_SIGMA = 4.0
 # scipy.ndimage.gaussian_filter's default: the kernel reaches 4 standard deviations.
@@ -106,3 +109,41 @@ def anomaly_maps_grouped(
         for i, m in zip(idx, anomaly_maps_torch(batch, size)):
             out[i] = m
     return out  # type: ignore[return-value]
+
+
+# Share of normal patches allowed above the pixel threshold (the outline and mask cut-off).
+DEFAULT_FALSE_PIXEL_RATE = 0.01
+
+
+def pixel_threshold(
+    normal_distance_grids: Sequence[Tensor], rate: float, patch_size: int = PATCH_SIZE
+) -> float:
+    """The map value that at most ``rate`` of the normal images' map pixels exceed: the
+    cut-off of anomaly masks and outlines (``anomaly_mask``) for a false-pixel rate of
+    ``rate``. The maps are made from the patch-distance grids (h, w) as every map is
+    (upsampling, blur), at the preprocessed size (h * ``patch_size``, w * ``patch_size``),
+    since the blur lowers the peaks a threshold on raw patch distances would be set on.
+    Feed it normal images that are not in the memory bank (calibration images, or support
+    images scored leave-one-out): the support images' own distances are near zero."""
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"the false-pixel rate must be between 0 and 1, got {rate}")
+    if len(normal_distance_grids) == 0:
+        raise ValueError("a pixel threshold needs at least one normal image's distances")
+    grids = [torch.as_tensor(g).detach().cpu() for g in normal_distance_grids]
+    sizes = [(g.shape[-1] * patch_size, g.shape[-2] * patch_size) for g in grids]
+    maps = anomaly_maps_grouped(grids, sizes, "cpu")
+    values = np.concatenate([m.numpy().astype(np.float64).ravel() for m in maps])
+    if not np.isfinite(values).all():
+        raise ValueError("the normal images' patch distances hold non-finite values")
+    # The smallest value that at most a ``rate`` share of the values exceeds.
+    return float(np.quantile(values, 1.0 - rate, method="inverted_cdf"))
+
+
+def anomaly_mask(amap: Tensor | np.ndarray, threshold: float) -> np.ndarray:
+    """The anomalous region of an anomaly map: a boolean array, True where it exceeds
+    ``threshold`` (a patch distance, as ``pixel_threshold`` sets it)."""
+    return _numpy(amap) > threshold
+
+
+def _numpy(values: Tensor | np.ndarray) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)

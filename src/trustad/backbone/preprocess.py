@@ -16,7 +16,6 @@ from torch import Tensor
 
 from ..images import array_to_uint8, check_size, read_rgb8, resized_size, to_rgb8
 from .dinov2 import PATCH_SIZE
-from .rotate import rotate_rgb8_torch
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 DEFAULT_RESOLUTION = 448
@@ -102,20 +101,3 @@ def patch_mask(mask: Tensor, patch_size: int = PATCH_SIZE) -> Tensor:
     m = mask[..., : h * patch_size, : w * patch_size].float()
     m = m.reshape(*m.shape[:-2], h, patch_size, w, patch_size)
     return m.amax(dim=(-3, -1)) > 0
-
-
-def rotate_rgb8(img: Image.Image, angle: float) -> Image.Image:
-    """Rotate an 8-bit RGB image by ``angle`` degrees (counter-clockwise) about (w/2, h/2),
-    keeping its size: bilinear with a reflect-101 border, as OpenCV's
-    ``warpAffine(INTER_LINEAR, BORDER_DEFAULT)`` does in the AnomalyDINO reference code.
-
-    Source coordinates are computed in OpenCV 4's fixed point (1/1024 steps, then 1/32 of a
-    pixel), which the reference code ran on; results agree with OpenCV 4 to within one grey
-    level. (OpenCV 5 computes them in floating point and differs by a few levels.) The work
-    is ``rotate.rotate_rgb8_torch``, which rotates batches on any device.
-    """
-    if angle % 360 == 0:
-        return img.copy()
-    chw = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    out = rotate_rgb8_torch(chw, [angle])[0]
-    return Image.fromarray(out.permute(1, 2, 0).numpy())

@@ -12,7 +12,13 @@ from typing import Any
 
 from ..backbone.preprocess import load_rgb8
 from ..engines.runners import load_model
-from ..model import FittedDetector, overlay_png
+from ..model import (
+    DEFAULT_MAP_SCALE,
+    MAP_SCALES,
+    FittedDetector,
+    mask_png,
+    prediction_overlay_png,
+)
 from .export import add_engine_option
 from .inputs import add_verify_key, collect_images
 from .options import add_device_option, add_setting_options, model_device
@@ -44,7 +50,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--maps",
         default=None,
         metavar="DIR",
-        help="write heatmap overlay PNGs under DIR (default: none)",
+        help="write heatmap overlay PNGs (colour bar, score, decision, outline of the "
+        "anomalous region) as DIR/<path below the inputs' common folder>_map.png, e.g. "
+        "sub/ok.png -> DIR/sub/ok.png_map.png",
+    )
+    p.add_argument(
+        "--masks",
+        default=None,
+        metavar="DIR",
+        help="write binary masks of the anomalous region (8-bit PNG at the image's size, "
+        "255 anomalous) as DIR/<path>_mask.png; needs a model fitted on two or more "
+        "normal images or with normal calibration images (its pixel threshold)",
+    )
+    p.add_argument(
+        "--map-scale",
+        choices=MAP_SCALES,
+        default=DEFAULT_MAP_SCALE,
+        help="colour scale of the overlays: 'normal' runs from the median to the largest "
+        "patch distance of the model's normal images (normal calibration images and the "
+        "support images scored leave-one-out), the same for every image (red means beyond "
+        "anything normal; each image's own range when the model has none); 'image' runs "
+        "from each image's own minimum to its maximum (default: %(default)s)",
     )
     add_setting_options(p, ["batch_size", "weights"])
     add_device_option(p)
@@ -58,18 +84,46 @@ def _key(path: str | Path) -> str:
     return os.path.abspath(path)
 
 
-def map_paths(maps: Path, images: list[Path]) -> dict[Path, Path]:
-    """Where each image's overlay goes: its path below the images' common folder,
-    mirrored under ``maps``, as ``<stem>_map.png``."""
-    resolved = [p.resolve() for p in images if p.exists()]
-    if not resolved:
-        return {}
-    root = Path(os.path.commonpath([p.parent for p in resolved]))
-    return {
-        img: maps / img.resolve().parent.relative_to(root) / f"{img.stem}_map.png"
-        for img in images
-        if img.exists()
+def output_paths(images: list[Path], folders: dict[str, Path]) -> dict[str, dict[Path, Path]]:
+    """Where each image's outputs go, by kind ("map", "mask": the folder given for it): its
+    path below the images' common folder, mirrored under the folder, with its whole name
+    kept and ``_<kind>.png`` added (``sub/ok.png`` -> ``sub/ok.png_map.png``), so that
+    ``ok.png`` and ``ok.bmp`` stay apart. Checked before anything is written: a ValueError
+    names the images whose outputs would share a name (compared as a file system that
+    ignores case would), an input inside an output folder (an output could
+    overwrite it, and a later run would read the outputs as images), and an output name
+    taken by a folder."""
+    resolved = {p: p.resolve() for p in images if p.exists()}
+    if not resolved or not folders:
+        return {kind: {} for kind in folders}
+    root = Path(os.path.commonpath([r.parent for r in resolved.values()]))
+    out = {
+        kind: {
+            img: folder / r.parent.relative_to(root) / f"{r.name}_{kind}.png"
+            for img, r in resolved.items()
+        }
+        for kind, folder in folders.items()
     }
+    for kind, folder in folders.items():
+        inside = [img for img, r in resolved.items() if r.is_relative_to(folder.resolve())]
+        if inside:
+            raise ValueError(
+                f"{inside[0]} lies in the --{kind}s folder {folder}: earlier outputs would be "
+                "read as images; give a folder apart from the images"
+            )
+    taken: dict[str, Path] = {}
+    for kind, dests in out.items():
+        for img, dest in dests.items():
+            key = str(dest.resolve()).casefold()
+            if key in taken:
+                raise ValueError(
+                    f"{img} and {taken[key]} would both write {dest}: give them distinct "
+                    "names (they differ only in letter case) or predict them separately"
+                )
+            if dest.is_dir():
+                raise ValueError(f"the {kind} of {img} would go to {dest}, which is a folder")
+            taken[key] = img
+    return out
 
 
 class Progress:
@@ -101,12 +155,13 @@ def predict_paths(
     model: FittedDetector,
     paths: list[Path],
     sink: RecordWriter,
-    maps: Path | None,
+    outputs: dict[str, dict[Path, Path]],
     progress: Progress,
+    scale: str = DEFAULT_MAP_SCALE,
 ) -> list[dict[str, Any]]:
-    """Predict each path, writing one record per image as soon as it is known."""
+    """Predict each path, writing one JSON line per image as soon as it is known, and its
+    overlay and mask where ``outputs`` (from ``output_paths``) has their kind."""
     records = []
-    destinations = map_paths(maps, paths) if maps is not None else {}
     for chunk in _chunks(paths, model.detector.runtime.batch_size):
         found: dict[int, dict[str, Any]] = {}  # lines in input order within the chunk
         good, rgbs = [], []
@@ -120,14 +175,17 @@ def predict_paths(
             tensors, _ = model.detector.runtime.preprocess(rgbs)
             feats, dists = model.engine.run(tensors)
             sizes = [r.size for r in rgbs]
-            preds = model.predict_from_distances(feats, dists, sizes, maps is not None, tensors)
+            preds = model.predict_from_distances(feats, dists, sizes, bool(outputs), tensors)
             for i, rgb, pred in zip(good, rgbs, preds):
                 rec = {"path": str(chunk[i]), **pred.to_dict()}
-                if maps is not None:
-                    dest = destinations[chunk[i]]
+                for kind, dests in outputs.items():
+                    dest = dests[chunk[i]]
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(overlay_png(rgb, pred.anomaly_map, model.map_range_))
-                    rec["map"] = str(dest)
+                    if kind == "map":
+                        dest.write_bytes(prediction_overlay_png(rgb, pred, model, scale))
+                    else:
+                        dest.write_bytes(mask_png(pred.anomaly_map, model.pixel_threshold_))
+                    rec[kind] = str(dest)
                 found[i] = rec
         for i in sorted(found):
             records.append(found[i])
@@ -143,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
     if args.out and Path(args.out).is_dir():
         raise IsADirectoryError(f"--out {args.out} is a folder; give the results file's name")
+    folders = {kind: Path(d) for kind, d in (("map", args.maps), ("mask", args.masks)) if d}
+    # Named from all the inputs, so that a resumed run puts its files where the first did.
+    outputs = output_paths(paths, folders)
     model = load_model(
         args.model,
         args.engine,
@@ -151,19 +212,25 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verify_key=args.verify_key,
     )
+    if "mask" in folders and model.pixel_threshold_ is None:
+        raise ValueError(
+            f"{args.model} has no pixel threshold for masks: fit it on two or more --normal "
+            "images, or with normal calibration images (--calibration)"
+        )
     out = Path(args.out) if args.out else None
     fmt = format_for(out, args.format)
     done = resume(out, fmt, _key) if out else set()
     todo = [p for p in paths if _key(p) not in done]
-    maps = Path(args.maps) if args.maps else None
     progress = Progress(len(todo), not args.quiet)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         header = not out.is_file() or out.stat().st_size == 0
         with open(out, "a", newline="") as sink:
-            records = predict_paths(model, todo, RecordWriter(sink, fmt, header), maps, progress)
+            writer = RecordWriter(sink, fmt, header)
+            records = predict_paths(model, todo, writer, outputs, progress, args.map_scale)
     else:
-        records = predict_paths(model, todo, RecordWriter(sys.stdout, fmt), maps, progress)
+        writer = RecordWriter(sys.stdout, fmt)
+        records = predict_paths(model, todo, writer, outputs, progress, args.map_scale)
     failed = [r for r in records if "error" in r]
     ok = [r for r in records if "error" not in r]
     anomalous = sum(1 for r in ok if r["decision"])

@@ -2,7 +2,7 @@
 images a results file already holds (so that a rerun skips them).
 
 A record has the image's ``path`` and either the prediction's fields (and ``map``, the
-overlay's path, with ``--maps``) or ``error``. In CSV every record has every column
+overlay's path, with ``--maps``, and ``mask``, with ``--masks``) or ``error``. In CSV every record has every column
 (``CSV_COLUMNS``): an interval ``[low, high]`` is two columns ``<name>_low`` and
 ``<name>_high``, an absent value is empty, booleans are ``true``/``false`` as in JSON, and
 non-finite numbers are ``inf``/``-inf``/``nan``.
@@ -33,6 +33,7 @@ CSV_COLUMNS = [
     "path",
     *(c for n in PREDICTION_FIELDS for c in ([f"{n}_low", f"{n}_high"] if n in INTERVALS else [n])),
     "map",
+    "mask",
     "error",
 ]
 

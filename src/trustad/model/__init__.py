@@ -9,7 +9,14 @@ format; ``trustad.model.overlay`` heatmap pictures. The flags are ``trustad.flag
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FLAGS, make_flag
 from .file import FORMAT_VERSION, MODEL_SUFFIX, ModelFileError, read_key, read_model_file
 from .fitted import SAVABLE_CALIBRATORS, FittedDetector
-from .overlay import overlay, overlay_png
+from .overlay import (
+    DEFAULT_MAP_SCALE,
+    MAP_SCALES,
+    mask_png,
+    overlay,
+    overlay_png,
+    prediction_overlay_png,
+)
 from .state import Prediction, image_record, json_safe
 from .trust import (
     DEFAULT_CALIBRATOR,
@@ -25,8 +32,10 @@ __all__ = [
     "DEFAULT_CONFORMAL_ALPHA",
     "DEFAULT_FALSE_FLAG_RATE",
     "DEFAULT_FLAG",
+    "DEFAULT_MAP_SCALE",
     "FLAGS",
     "FORMAT_VERSION",
+    "MAP_SCALES",
     "MODEL_SUFFIX",
     "SAVABLE_CALIBRATORS",
     "Assessment",
@@ -39,8 +48,10 @@ __all__ = [
     "image_record",
     "json_safe",
     "make_flag",
+    "mask_png",
     "overlay",
     "overlay_png",
+    "prediction_overlay_png",
     "read_key",
     "read_model_file",
 ]

@@ -32,6 +32,7 @@ from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..detector import AnomalyDINO, anomaly_map
 from ..engines.base import InferenceEngine, TorchEngine
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
+from ..maps import DEFAULT_FALSE_PIXEL_RATE, pixel_threshold
 from .file import ModelFileError, read_model_file, write_model_file
 from .schema import BANK, CONFORMAL_SCORES
 from .scored import ScoredImages, grouped_flag_values
@@ -107,6 +108,8 @@ class FittedDetector:
     def _reset_calibration(self) -> None:
         self.trust_ = TrustEngine(self.trust_options)
         self.map_range_: tuple[float, float] | None = None
+        # The map value above which overlays outline and masks mark a pixel.
+        self.pixel_threshold_: float | None = None
         self.calibration_images_: list[dict] = []
 
     # What the trust engine fitted, under the names the model file and the CLI use.
@@ -172,16 +175,17 @@ class FittedDetector:
 
         ``labels``: 0 normal, 1 anomalous; None means all normal. ``images`` records them
         for provenance; ``normal_distances`` (patch-distance grids of normal images) set the
-        colour range of heatmap overlays.
+        colour range of heatmap overlays and the pixel threshold of their outlines and masks.
         """
         self.trust_ = TrustEngine(self.trust_options).fit(
             self.detector, scores, labels, reference, leave_one_out_scores
         )
         self.calibration_images_ = [dict(r) for r in images or []]
-        self.map_range_ = None
+        self.map_range_, self.pixel_threshold_ = None, None
         if normal_distances:
             values = torch.cat([d.reshape(-1) for d in normal_distances]).double()
             self.map_range_ = (float(values.median()), float(values.max()))
+            self.pixel_threshold_ = pixel_threshold(normal_distances, DEFAULT_FALSE_PIXEL_RATE)
         return self
 
     def fit(
@@ -321,6 +325,7 @@ class FittedDetector:
                 "benign_envelope": o.benign_envelope,
             },
             "map_range": None if self.map_range_ is None else list(self.map_range_),
+            "pixel_threshold": self.pixel_threshold_,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -393,6 +398,7 @@ class FittedDetector:
             calibration.get("notes", []),
         )
         model.map_range_ = None if s["map_range"] is None else tuple(s["map_range"])
+        model.pixel_threshold_ = s.get("pixel_threshold")  # absent from older files
         model.format_version_ = s["format_version"]
         return model
 

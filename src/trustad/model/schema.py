@@ -65,7 +65,7 @@ class Nullable:
 
 
 # Keys an object may lack (older files, or optional provenance).
-OPTIONAL = {"notes", "images", "origin", "format_version"}
+OPTIONAL = {"notes", "images", "origin", "format_version", "pixel_threshold"}
 PROBABILITY = Number(0.0, 1.0)
 THRESHOLD = Number(finite=False)
 CALIBRATOR = {"name": str, "options": dict, "params": dict}
@@ -107,6 +107,7 @@ SETTINGS = {
     "decision_rule": Nullable(OneOf(("conformal", "probability"))),
     "requested": dict,
     "map_range": Nullable(list),
+    "pixel_threshold": Nullable(Number()),
 }
 
 

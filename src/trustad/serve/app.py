@@ -45,7 +45,7 @@ from .. import __version__
 from ..backbone.runtime import DEFAULT_BATCH_SIZE
 from ..deadline import Busy, TimeLimitExceeded
 from ..images import ImageReadError, ImageTooLargeError, NotAnImageError, read_rgb8
-from ..model import FittedDetector, json_safe, overlay_png
+from ..model import FittedDetector, Prediction, json_safe, prediction_overlay_png
 from .batching import Batcher
 from .defaults import (
     DEFAULT_MAX_PIXELS,
@@ -98,11 +98,11 @@ def decode_image(
         raise UploadError(400, f"{name}: unreadable, truncated or corrupt: {exc.reason}") from exc
 
 
-def map_payload(rgb: Image.Image, amap: np.ndarray, fmt: MapFormat, model: FittedDetector):
+def map_payload(rgb: Image.Image, pred: Prediction, fmt: MapFormat, model: FittedDetector):
     if fmt is MapFormat.png:
-        data = overlay_png(rgb, amap, model.map_range_)
+        data = prediction_overlay_png(rgb, pred, model)
         return {"format": "png", "data": base64.b64encode(data).decode()}
-    raw = np.ascontiguousarray(amap, dtype="<f4")
+    raw = np.ascontiguousarray(pred.anomaly_map, dtype="<f4")
     return {"format": "float32", "shape": list(raw.shape), "data": base64.b64encode(raw).decode()}
 
 
@@ -266,7 +266,7 @@ def create_app(
             "decision_rule": model.decision_rule_,
         }
         if map_format is not MapFormat.none:
-            out["map"] = map_payload(rgb, pred.anomaly_map, map_format, model)
+            out["map"] = map_payload(rgb, pred, map_format, model)
         return json_safe(out)
 
     @app.get("/", include_in_schema=False)
