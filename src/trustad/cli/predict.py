@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write heatmap overlay PNGs (colour bar, score, decision, outline of the "
         "anomalous region) as DIR/<path below the inputs' common folder>_map.png, e.g. "
-        "sub/ok.png -> DIR/sub/ok.png_map.png",
+        "sub/ok.png -> DIR/sub/ok.png_map.png (default: none)",
     )
     p.add_argument(
         "--masks",
@@ -60,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write binary masks of the anomalous region (8-bit PNG at the image's size, "
         "255 anomalous) as DIR/<path>_mask.png; needs a model fitted on two or more "
-        "normal images or with normal calibration images (its pixel threshold)",
+        "normal images or with normal calibration images (its pixel threshold) (default: "
+        "none)",
     )
     p.add_argument(
         "--map-scale",
