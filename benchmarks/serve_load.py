@@ -2,10 +2,13 @@
 uvicorn server on 127.0.0.1 (p50/p95/max latency, throughput, failures).
 
 The model is fitted on synthetic parts with a tiny random ViT by default (the service's
-own overhead: upload, decoding, the lock, JSON); ``--real`` uses the real DINOv2 ViT-S/14.
+own overhead: upload, decoding, batching, JSON); ``--real`` uses the real DINOv2 ViT-S/14.
+Requests carry a bearer token (the service checks it on every request), and the service's
+own count of the batches it scored is read back from ``/metrics``.
 
     python benchmarks/serve_load.py --requests 200 --concurrency 8
-    python benchmarks/serve_load.py --real --requests 40 --concurrency 8 --resolution 224
+    python benchmarks/serve_load.py --real --requests 200 --concurrency 8 --resolution 224
+    python benchmarks/serve_load.py --real --resolution 224 --max-batch 1   # no batching
 """
 
 from __future__ import annotations
@@ -27,8 +30,13 @@ from PIL import Image
 
 from trustad import load_backbone
 from trustad.backbone.dinov2 import DinoVisionTransformer, ViTConfig
+from trustad.backbone.runtime import DEFAULT_BATCH_SIZE
 from trustad.model import FittedDetector
 from trustad.serve import create_app
+from trustad.serve.defaults import DEFAULT_MAX_WAIT_MS
+
+TOKEN = "load-test"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def part_image(path: Path, seed: int, size: int, defect: bool = False) -> Path:
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="default 448 real, 56 tiny")
     parser.add_argument("--size", type=int, default=256, help="uploaded image edge in pixels")
     parser.add_argument("--map", default="png", choices=("none", "png", "base64"))
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS)
     args = parser.parse_args(argv)
     if args.real:
         backbone, res = load_backbone(), args.resolution or 448
@@ -69,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="trustad_serve_"))
     good = [part_image(tmp / f"good{i}.png", i, args.size) for i in range(2)]
     cal = [part_image(tmp / f"cal{i}.png", 50 + i, args.size, i >= 3) for i in range(6)]
-    model = FittedDetector(backbone, resolution=res, rotate=False, conformal_alpha=0.3).fit(
-        good, cal, [0, 0, 0, 1, 1, 1]
-    )
+    model = FittedDetector(
+        backbone, resolution=res, rotate=False, conformal_alpha=0.3, batch_size=args.max_batch
+    ).fit(good, cal, [0, 0, 0, 1, 1, 1])
     uploads = [
         part_image(tmp / f"t{i}.png", 90 + i, args.size, i % 2 == 1).read_bytes() for i in range(4)
     ]
@@ -79,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(model), log_level="warning"))
+    app = create_app(model, token=TOKEN, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
     while not server.started:
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             params={"map": args.map},
             timeout=600,
             files={"file": (f"{i}.png", uploads[i % len(uploads)], "image/png")},
+            headers=AUTH,
         )
         return time.perf_counter() - start, r.status_code
 
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.concurrency) as pool:
             results = list(pool.map(one, range(args.requests)))
         wall = time.perf_counter() - start
+        metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
     finally:
         server.should_exit = True
         thread.join()
@@ -115,6 +128,16 @@ def main(argv: list[str] | None = None) -> None:
         f"p50 {1000 * statistics.median(lat):.0f} ms, "
         f"p95 {1000 * lat[int(0.95 * (len(lat) - 1))]:.0f} ms, max {1000 * lat[-1]:.0f} ms; "
         f"{args.requests / wall:.1f} requests/s"
+    )
+    count = total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("trustad_batch_size_count"):
+            count = float(line.split()[-1])
+        elif line.startswith("trustad_batch_size_sum"):
+            total = float(line.split()[-1])
+    print(
+        f"dynamic batching: --max-batch {args.max_batch}, --max-wait-ms {args.max_wait_ms:g}: "
+        f"{count:.0f} model calls, {total / max(count, 1):.2f} images per call on average"
     )
 
 

@@ -169,3 +169,32 @@ def test_backbone_timing_does_not_count_as_passes():
     assert timing.forward > 0 and timing.gradient > 0 and timing.search > 0
     assert timing.batch == 2
     assert runtime.images_seen == 0
+
+
+def test_plan_times_the_runtime_the_run_uses(dataset, tmp_path, tiny_backbone, monkeypatch):
+    """`--plan` and the run build their backbone runtime from the same settings, precision
+    options included."""
+    import trustad.evaluation.plan as plan_module
+    import trustad.evaluation.runner as runner_module
+
+    built: list[BackboneRuntime] = []
+    real = plan_module.run_runtime
+
+    def record(settings, backbone):
+        built.append(real(settings, backbone))
+        return built[-1]
+
+    monkeypatch.setattr(plan_module, "run_runtime", record)
+    monkeypatch.setattr(runner_module, "run_runtime", record)
+    options = ["--dataset", "folder", "--root", str(dataset), "--resolution", "56"]
+    options += ["--shots", "1", "--seeds", "1", "--batch-size", "3", "--bf16", "--tf32"]
+    assert main(["evaluate", "--out", str(tmp_path / "plan"), *options, "--plan"]) == 0
+    Evaluation(
+        _settings(dataset, batch_size=3, bf16=True, tf32=True), make_tiny_vit(), tmp_path / "run"
+    )
+
+    def described(r):
+        return (r.resolution, r.batch_size, r.features_bf16, r.gradients_bf16, r.tf32)
+
+    assert len(built) == 2 and described(built[0]) == described(built[1])
+    assert described(built[0]) == (56, 3, True, False, True)

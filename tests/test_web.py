@@ -88,3 +88,40 @@ def test_upload_shows_probability_and_overlay(tmp_path):
                 shutil.copyfile(shot, os.environ["TRUSTAD_WEB_SCREENSHOT"])
         finally:
             driver.quit()
+
+
+def test_page_sends_the_token_it_is_given(tmp_path):
+    """With a token the page says what is missing, then works once the token is entered
+    (kept in the browser for the next visit)."""
+    require("fastapi")
+    require("uvicorn")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from trustad.serve import create_app
+
+    good = [make_image(tmp_path / f"good{i}.png", i) for i in range(2)]
+    model = FittedDetector(make_tiny_vit(), resolution=RES, calibrator=None).fit(good)
+    test_image = make_image(tmp_path / "part.png", 99, True)
+    (want,) = model.predict([test_image], maps=False)
+
+    with ServerThread(create_app(model, token="t0ken")) as server:
+        driver = browser()
+        try:
+            driver.get(server.url + "/")
+            wait = WebDriverWait(driver, 60)
+            info = driver.find_element(By.ID, "model-info")
+            wait.until(lambda d: "needs a token" in info.text)
+            driver.find_element(By.ID, "token").send_keys("t0ken", Keys.TAB)
+            wait.until(lambda d: "support image" in info.text)
+            driver.get(server.url + "/")  # the token is remembered
+            wait.until(lambda d: "support image" in d.find_element(By.ID, "model-info").text)
+            driver.find_element(By.ID, "file").send_keys(str(test_image))
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
+            assert float(driver.find_element(By.ID, "score").text) == pytest.approx(
+                want.score, rel=1e-3
+            )
+        finally:
+            driver.quit()

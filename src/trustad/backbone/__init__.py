@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .dinov2 import CONFIGS, DinoVisionTransformer, build_model
+from .dinov2 import CONFIGS, DEFAULT_BACKBONE, DinoVisionTransformer, build_model
 from .preprocess import DEFAULT_RESOLUTION, load_rgb8, preprocess, preprocess_mask
 from .weights import WeightsSource, load_weights_into, resolve_weights
 
 __all__ = [
     "CONFIGS",
+    "DEFAULT_BACKBONE",
     "DEFAULT_RESOLUTION",
     "DinoVisionTransformer",
     "WeightsSource",
@@ -24,7 +25,7 @@ __all__ = [
 
 
 def load_backbone(
-    name: str = "dinov2_vits14",
+    name: str = DEFAULT_BACKBONE,
     weights: str | None = None,
     device: str | torch.device = "cpu",
 ) -> DinoVisionTransformer:

@@ -50,6 +50,8 @@ for _size, _kw in _SIZES.items():
     CONFIGS[f"dinov2_vit{_size}14_reg"] = ViTConfig(
         **_kw, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True
     )
+# The paper's backbone, and the one whose weights ship with the set-up.
+DEFAULT_BACKBONE = "dinov2_vits14"
 
 
 class Attention(nn.Module):
@@ -221,7 +223,7 @@ class DinoVisionTransformer(nn.Module):
         return self.patch_features(x)
 
 
-def build_model(name: str = "dinov2_vits14") -> DinoVisionTransformer:
+def build_model(name: str = DEFAULT_BACKBONE) -> DinoVisionTransformer:
     """An uninitialised DINOv2 of the named size (see ``CONFIGS``)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(CONFIGS)}")

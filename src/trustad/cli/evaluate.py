@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..evaluation import Evaluation
 from ..evaluation import arguments as run_arguments
 from ..evaluation.settings import EvaluationSettings
+from .options import add_device_option
 
 if TYPE_CHECKING:
     import torch
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """Options that say where and how loudly to run; they change no result."""
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_device_option(p)
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -155,8 +156,8 @@ def _load_backbone(settings: EvaluationSettings, device: torch.device) -> Any:
 
 def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> None:
     """Print what ``execute`` would do, with a time estimate; writes nothing."""
-    from ..backbone.runtime import BackboneRuntime, resolve_device
-    from ..evaluation.plan import done_in, make_plan, time_backbone
+    from ..backbone.runtime import resolve_device
+    from ..evaluation.plan import done_in, make_plan, run_runtime, time_backbone
     from ..evaluation.runlog import check_output_folder
     from ..evaluation.store import done_results
 
@@ -165,13 +166,7 @@ def show_plan(settings: EvaluationSettings, out: str | Path, device: str) -> Non
     target = resolve_device(device)
     timing = None
     if plan.forward or plan.gradient:
-        runtime = BackboneRuntime(
-            _load_backbone(settings, target),
-            resolution=settings.resolution,
-            batch_size=settings.batch_size,
-            features_bf16=settings.bf16,
-            gradients_bf16=settings.attack_bf16,
-        )
+        runtime = run_runtime(settings, _load_backbone(settings, target))
         timing = time_backbone(runtime, min(settings.batch_size, 4))
     print(f"plan for {out}:")
     print(plan.text(timing))

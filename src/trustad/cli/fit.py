@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..backbone import DEFAULT_RESOLUTION
 from ..data import category_defaults, support_paths
+from ..evaluation.settings import parse_on_off
 from ..model import (
     DEFAULT_CALIBRATOR,
     DEFAULT_CONFORMAL_ALPHA,
@@ -18,7 +18,8 @@ from ..model import (
     FittedDetector,
 )
 from ..model.file import check_writable
-from .inputs import calibration_images, check_images, collect_images, key_file, on_off
+from .inputs import calibration_images, check_images, collect_images, key_file
+from .options import add_device_option, add_setting_options, device_of
 
 NONE = "none"
 
@@ -33,14 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sub-folders), the conformal threshold (on the good images) and the attack flag. "
         "Writes one .safetensors model file for `trustad predict` and `trustad serve`.",
     )
-    p.add_argument("--normal", nargs="+", required=True, metavar="DIR_OR_FILE")
+    p.add_argument(
+        "--normal",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="good images, or folders of them: the support set of the memory bank",
+    )
     p.add_argument(
         "--calibration",
         metavar="DIR",
-        help="good/ plus one folder per defect type, or a folder of good images only",
+        help="good/ plus one folder per defect type, or a folder of good images only "
+        "(default: none, raw scores only)",
     )
     p.add_argument("--shots", type=int, default=None, help="support images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="which block of --shots images")
+    p.add_argument(
+        "--seed", type=int, default=0, help="which block of --shots images (default %(default)s)"
+    )
     p.add_argument(
         "--conformal-alpha",
         type=float,
@@ -59,8 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fit, a step function on small separable sets); needs good and defect calibration "
         "images",
     )
-    p.add_argument("--platt-c", type=float, default=None, help="L2 regularisation of platt")
-    p.add_argument("--platt-smooth", action="store_true", help="platt on Platt's smoothed targets")
+    add_setting_options(p, ["platt_c", "platt_smooth"])
     p.add_argument(
         "--flag",
         choices=(*FLAGS, NONE),
@@ -76,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--leave-one-out",
-        type=on_off,
+        type=parse_on_off,
         default=True,
         metavar="on|off",
         help="score each support image against a bank without it, for p-values and a "
@@ -84,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--benign-envelope",
-        type=on_off,
+        type=parse_on_off,
         default=True,
         metavar="on|off",
         help="set pixel-only flag thresholds over benign variants of the normal images too: "
@@ -98,16 +107,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=key_file,
         default=None,
         help="sign the model file with the secret key in FILE (HMAC-SHA256, at least 16 "
-        "bytes), so that `predict/serve --verify-key FILE` refuse an edited file",
+        "bytes), so that `predict/serve --verify-key FILE` refuse an edited file "
+        "(default: unsigned)",
     )
-    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
-    p.add_argument("--rotate", type=on_off, default=defaults.rotate, metavar="on|off")
-    p.add_argument("--mask-test", type=on_off, default=defaults.mask_test, metavar="on|off")
-    p.add_argument("--knn", type=int, default=1)
-    p.add_argument("--backbone", default="dinov2_vits14")
-    p.add_argument("--weights", default=None, help="weights file (default: trustad weights show)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_setting_options(
+        p,
+        ["resolution", "rotate", "mask_test", "knn", "backbone", "weights", "batch_size"],
+        defaults={"rotate": defaults.rotate, "mask_test": defaults.mask_test},
+        helps={
+            "rotate": "rotation augmentation of the support images",
+            "mask_test": "mask the background of test images",
+        },
+    )
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -135,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{sorted(overlap)[0]}; their scores would be near 0"
             )
         check_images(cal_paths, args.resolution, "--calibration")
-    backbone = load_backbone(args.backbone, args.weights, args.device)
+    backbone = load_backbone(args.backbone, args.weights, device_of(args))
     model = FittedDetector(
         backbone,
         resolution=args.resolution,

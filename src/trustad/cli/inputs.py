@@ -66,7 +66,8 @@ def add_verify_key(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         type=key_file,
         default=None,
-        help="refuse the model file unless it was signed with this key (`trustad fit --sign-key`)",
+        help="refuse the model file unless it was signed with this key (`trustad fit "
+        "--sign-key`) (default: any model file, signed or not)",
     )
 
 
@@ -101,11 +102,3 @@ def calibration_images(folder: str | Path) -> tuple[list[Path], list[int], str]:
     if kinds:
         what += f", {len(paths) - n_good} anomalous ({', '.join(kinds)})"
     return paths, labels, what
-
-
-def on_off(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")

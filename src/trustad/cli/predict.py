@@ -1,14 +1,14 @@
-"""``trustad predict``: run a saved model on image files and folders, one JSON line each."""
+"""``trustad predict``: run a saved model on image files and folders, one record (a JSON
+line or a CSV row) each."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..backbone.preprocess import load_rgb8
 from ..engines.runners import load_model
@@ -16,35 +16,43 @@ from ..model import (
     DEFAULT_MAP_SCALE,
     MAP_SCALES,
     FittedDetector,
-    json_safe,
     mask_png,
     prediction_overlay_png,
 )
 from .export import add_engine_option
 from .inputs import add_verify_key, collect_images
+from .options import add_device_option, add_setting_options, model_device
+from .records import FORMATS, RecordWriter, format_for, resume
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="score images with a model file from `trustad fit`",
-        description="Writes one JSON line per image (score, probability, p_value, decision, "
-        "entropy, flag, gated_probability; error for a file that cannot be read). Exits with "
-        "status 1 when any "
-        "image failed. Rerunning with the same --out skips images already written.",
+        description="Writes one record per image, as a JSON line or a CSV row (path, score, "
+        "probability, p_value, decision, entropy, flag, gated_probability; error for a file "
+        "that cannot be read). Exits with status 1 when any image failed. Rerunning with the "
+        "same --out skips images already written.",
     )
     p.add_argument(
         "model", help="model file written by `trustad fit`, or a file from `trustad export`"
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--out", default=None, help="JSON-lines file (default: standard output)")
+    p.add_argument("--out", default=None, help="results file (default: standard output)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="jsonl: one JSON object per line; csv: a header row, then one row per image "
+        "(default: csv when --out ends in .csv, else jsonl)",
+    )
     p.add_argument(
         "--maps",
         default=None,
         metavar="DIR",
         help="write heatmap overlay PNGs (colour bar, score, decision, outline of the "
         "anomalous region) as DIR/<path below the inputs' common folder>_map.png, e.g. "
-        "sub/ok.png -> DIR/sub/ok.png_map.png",
+        "sub/ok.png -> DIR/sub/ok.png_map.png (default: none)",
     )
     p.add_argument(
         "--masks",
@@ -52,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write binary masks of the anomalous region (8-bit PNG at the image's size, "
         "255 anomalous) as DIR/<path>_mask.png; needs a model fitted on two or more "
-        "normal images or with normal calibration images (its pixel threshold)",
+        "normal images or with normal calibration images (its pixel threshold) (default: "
+        "none)",
     )
     p.add_argument(
         "--map-scale",
@@ -64,9 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "anything normal; each image's own range when the model has none); 'image' runs "
         "from each image's own minimum to its maximum (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--weights", default=None, help="the backbone weights file to use")
+    add_setting_options(p, ["batch_size", "weights"])
+    add_device_option(p)
     add_engine_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_verify_key(p)
@@ -75,24 +83,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _key(path: str | Path) -> str:
     return os.path.abspath(path)
-
-
-def resume(out: Path) -> set[str]:
-    """Paths already predicted in ``out``; lines of failed images are dropped so that
-    those images are tried again."""
-    if not out.is_file():
-        return set()
-    kept, done = [], set()
-    for line in out.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interruption
-        if "error" not in rec and "path" in rec:
-            kept.append(line)
-            done.add(_key(rec["path"]))
-    out.write_text("".join(f"{line}\n" for line in kept))
-    return done
 
 
 def output_paths(images: list[Path], folders: dict[str, Path]) -> dict[str, dict[Path, Path]]:
@@ -165,7 +155,7 @@ def _chunks(items: list[Path], n: int) -> Iterable[list[Path]]:
 def predict_paths(
     model: FittedDetector,
     paths: list[Path],
-    sink: TextIO,
+    sink: RecordWriter,
     outputs: dict[str, dict[Path, Path]],
     progress: Progress,
     scale: str = DEFAULT_MAP_SCALE,
@@ -200,7 +190,7 @@ def predict_paths(
                 found[i] = rec
         for i in sorted(found):
             records.append(found[i])
-            sink.write(json.dumps(json_safe(found[i])) + "\n")
+            sink.write(found[i])
         sink.flush()
         progress.step(len(chunk))
     return records
@@ -211,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
     if args.out and Path(args.out).is_dir():
-        raise IsADirectoryError(f"--out {args.out} is a folder; give the JSON-lines file's name")
+        raise IsADirectoryError(f"--out {args.out} is a folder; give the results file's name")
     folders = {kind: Path(d) for kind, d in (("map", args.maps), ("mask", args.masks)) if d}
     # Named from all the inputs, so that a resumed run puts its files where the first did.
     outputs = output_paths(paths, folders)
@@ -219,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.engine,
         weights=args.weights,
-        device=args.device,
+        device=model_device(args.device, args.model),
         batch_size=args.batch_size,
         verify_key=args.verify_key,
     )
@@ -229,15 +219,19 @@ def run(args: argparse.Namespace) -> int:
             "images, or with normal calibration images (--calibration)"
         )
     out = Path(args.out) if args.out else None
-    done = resume(out) if out else set()
+    fmt = format_for(out, args.format)
+    done = resume(out, fmt, _key) if out else set()
     todo = [p for p in paths if _key(p) not in done]
     progress = Progress(len(todo), not args.quiet)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as sink:
-            records = predict_paths(model, todo, sink, outputs, progress, args.map_scale)
+        header = not out.is_file() or out.stat().st_size == 0
+        with open(out, "a", newline="") as sink:
+            writer = RecordWriter(sink, fmt, header)
+            records = predict_paths(model, todo, writer, outputs, progress, args.map_scale)
     else:
-        records = predict_paths(model, todo, sys.stdout, outputs, progress, args.map_scale)
+        writer = RecordWriter(sys.stdout, fmt)
+        records = predict_paths(model, todo, writer, outputs, progress, args.map_scale)
     failed = [r for r in records if "error" in r]
     ok = [r for r in records if "error" not in r]
     anomalous = sum(1 for r in ok if r["decision"])

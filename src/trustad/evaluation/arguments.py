@@ -1,18 +1,22 @@
 """The command line of ``evaluate`` and ``demo``, built from the settings' fields: one
 option per field with its default, choices and help, ``--protocol`` presets, and the
-settings back from the parsed arguments."""
+settings back from the parsed arguments. The options other verbs share with ``evaluate``
+(backbone, weights, resolution, rotation, masking, knn, batch size) come from here too
+(``add_setting_options``)."""
 
 from __future__ import annotations
 
 import argparse
 import types
 import typing
-from collections.abc import Iterable
-from dataclasses import MISSING, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from .presets import PRESETS, preset
 from .settings import EvaluationSettings, parse_on_off
+
+SETTINGS_FIELDS = {f.name: f for f in fields(EvaluationSettings)}
 
 
 def base_type(annotation: Any) -> tuple[Any, bool]:
@@ -30,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
     leaves fields out (their defaults apply). An option not given is absent from the parsed
     namespace (``argparse.SUPPRESS``), so that ``from_arguments`` can tell what the user
     asked for from the defaults and lay it over a protocol preset."""
-    hints = typing.get_type_hints(EvaluationSettings)
     groups: dict[str, argparse._ArgumentGroup] = {}
     groups["grid"] = parser.add_argument_group("grid")
     groups["grid"].add_argument(
@@ -43,40 +46,74 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) 
     for f in fields(EvaluationSettings):
         if f.name in exclude:
             continue
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        default = f.default if f.default is not MISSING else None
-        if f.default_factory is not MISSING:
-            default = f.default_factory()
-        kind, many = base_type(hints[f.name])
-        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
-        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
-        kwargs: dict[str, Any] = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
+        group = groups.setdefault(
+            f.metadata["group"], parser.add_argument_group(f.metadata["group"])
+        )
+        flag, kwargs = option_for(f.name, field_default(f))
         if f.default is MISSING and f.default_factory is MISSING:
             kwargs["required"] = True
-        if kind is bool and hints[f.name] is bool and default is False:
-            group.add_argument(flag, action="store_true", **kwargs)
-            continue
-        if kind is bool and hints[f.name] is bool:  # on by default: offer --no-NAME
-            flag = "--no-" + flag[2:]
-            kwargs["help"] = f"turn off (on by default): {help_text}"
-            group.add_argument(flag, action="store_false", **kwargs)
-            continue
-        if kind is bool:  # bool | None: None keeps the category table's default
-            kwargs.update(type=parse_on_off, metavar="on|off")
-        else:
-            kwargs["type"] = meta.get("parse") or kind
-        if default is not None:
-            values = default if isinstance(default, list) else [default]
-            shown = " ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values)
-            kwargs["help"] = f"{help_text} (default {shown})"
-        if many:
-            kwargs["nargs"] = "+"
-        if meta.get("choices") is not None:
-            kwargs["choices"] = tuple(meta["choices"])
-        if meta.get("metavar"):
-            kwargs["metavar"] = meta["metavar"]
-        group.add_argument(flag, **kwargs)
+        group.add_argument(flag, **kwargs, dest=f.name, default=argparse.SUPPRESS)
+
+
+def field_default(f: Field) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+def option_for(name: str, default: Any, help: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The flag and ``add_argument`` options (but dest and default) of settings field
+    ``name``, its help saying ``default``; ``help`` replaces the field's help text."""
+    f = SETTINGS_FIELDS[name]
+    meta = f.metadata
+    hint = typing.get_type_hints(EvaluationSettings)[name]
+    kind, many = base_type(hint)
+    flag = "--" + (meta.get("flag") or name).replace("_", "-")
+    help_text = (help or meta["help"]).replace("%", "%%")  # argparse formats help with %
+    if kind is bool and hint is bool and default is False:
+        return flag, dict(action="store_true", help=help_text)
+    if kind is bool and hint is bool:  # on by default: offer --no-NAME
+        return "--no-" + flag[2:], dict(
+            action="store_false", help=f"turn off (on by default): {help_text}"
+        )
+    kwargs: dict[str, Any] = dict(help=help_text)
+    if kind is bool:  # bool | None: None keeps the category table's default
+        kwargs.update(type=parse_on_off, metavar="on|off")
+    else:
+        kwargs["type"] = meta.get("parse") or kind
+    if default is not None:
+        values = default if isinstance(default, list) else [default]
+        shown = " ".join(show(v) for v in values)
+        kwargs["help"] = f"{help_text} (default {shown})"
+    if many:
+        kwargs["nargs"] = "+"
+    if meta.get("choices") is not None:
+        kwargs["choices"] = tuple(meta["choices"])
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
+    return flag, kwargs
+
+
+def show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def add_setting_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Iterable[str],
+    defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """Options for the settings fields ``names`` as ``evaluate`` offers them, for another
+    verb: argparse fills in their defaults (the field's, or ``defaults[name]``); ``helps``
+    replaces a field's help where the verb means it differently."""
+    defaults, helps = defaults or {}, helps or {}
+    for name in names:
+        default = defaults.get(name, field_default(SETTINGS_FIELDS[name]))
+        flag, kwargs = option_for(name, default, helps.get(name))
+        parser.add_argument(flag, **kwargs, dest=name, default=default)
 
 
 def given_arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,6 +33,19 @@ SEARCH_BANK_IMAGES = 8  # support images in the bank the search is timed on
 SEARCH_BACKWARD = 3  # a score attack's step searches forward and back: about 3 searches
 
 
+def run_runtime(settings: EvaluationSettings, backbone: torch.nn.Module) -> BackboneRuntime:
+    """The backbone runtime of a run with ``settings``: the run and ``--plan``'s timing
+    both build it here, so that the plan times what the run does."""
+    return BackboneRuntime(
+        backbone,
+        resolution=settings.resolution,
+        batch_size=settings.batch_size,
+        features_bf16=settings.bf16,
+        gradients_bf16=settings.attack_bf16,
+        tf32=settings.tf32,
+    )
+
+
 class ConditionGroup(NamedTuple):
     """Units of one category that share their attacked features: one seed, condition and
     eps, several shot counts."""

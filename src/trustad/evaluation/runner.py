@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..attacks import probe_objective, score_loss
-from ..backbone.runtime import BackboneRuntime, batches
+from ..backbone.runtime import batches
 from ..data import CategoryData, list_categories, load_category
 from ..data import support_paths as select_support
 from ..data.catalog import category_defaults
@@ -36,7 +36,7 @@ from .adversarial import Attacker
 from .category import CategoryState, load_state, probe_labels
 from .examples import save_examples
 from .flagging import FlagInputCache, ScoredSet, flag_columns, flag_rate_columns
-from .plan import ConditionGroup, make_plan, pending_groups, rotates_support
+from .plan import ConditionGroup, make_plan, pending_groups, rotates_support, run_runtime
 from .progress import Progress, Stopwatch
 from .rows import (
     IMAGE_LABEL_PROBE,
@@ -78,14 +78,7 @@ class Evaluation:
         progress: bool | Progress = True,
     ) -> None:
         self.s = settings
-        self.runtime = BackboneRuntime(
-            backbone,
-            resolution=settings.resolution,
-            batch_size=settings.batch_size,
-            features_bf16=settings.bf16,
-            gradients_bf16=settings.attack_bf16,
-            tf32=settings.tf32,
-        )
+        self.runtime = run_runtime(settings, backbone)
         self.log = progress if isinstance(progress, Progress) else Progress(progress)
         self.log.debug("settings: " + json.dumps(settings.to_dict()))
         self.store = ResultStore(out, settings)

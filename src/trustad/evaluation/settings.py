@@ -16,6 +16,7 @@ from typing import Any
 from ..attacks import ATTACKS, DEFAULT_EPS, PROBE_TRAIN_ON, AttackSettings, ProbeSettings
 from ..backbone.preprocess import DEFAULT_RESOLUTION
 from ..backbone.runtime import DEFAULT_BATCH_SIZE
+from ..backbone.weights import DEFAULT_BACKBONE
 from ..calibration import CALIBRATORS, DEFAULT_CALIBRATION_FRACTION
 from ..corruptions import parse_corruption
 from ..data import DATASETS, PREPROCESSING, category_defaults
@@ -136,7 +137,7 @@ class EvaluationSettings:
         metavar="I/N",
     )
     resolution: int = option(DEFAULT_RESOLUTION, "smaller image edge in pixels", group="detector")
-    backbone: str = option("dinov2_vits14", "DINOv2 variant", group="detector")
+    backbone: str = option(DEFAULT_BACKBONE, "DINOv2 variant", group="detector")
     weights: str | None = option(
         None,
         "weights file (.pth or .safetensors); default: see `trustad weights show`",

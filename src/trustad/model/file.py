@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from .schema import KNOWN_FORMAT_VERSIONS, settings_problem
@@ -116,7 +116,11 @@ def write_model_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
-        save_file(cpu, str(tmp), metadata=metadata)
+        # Written by Python, not safetensors' save_file (which makes the file 0600): the
+        # file gets the mode of the umask, so that a service running as another user can
+        # read it. A leftover temporary file would keep its old mode: removed first.
+        tmp.unlink(missing_ok=True)
+        tmp.write_bytes(save(cpu, metadata=metadata))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

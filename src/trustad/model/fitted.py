@@ -28,7 +28,7 @@ from torch import Tensor
 from .. import __version__
 from ..backbone import load_backbone, resolve_weights
 from ..backbone.preprocess import ImageInput
-from ..backbone.runtime import BackboneRuntime
+from ..backbone.runtime import DEFAULT_BATCH_SIZE, BackboneRuntime
 from ..detector import AnomalyDINO, anomaly_map
 from ..engines.base import InferenceEngine, TorchEngine
 from ..flags import DEFAULT_FALSE_FLAG_RATE, DEFAULT_FLAG, FlagInputs
@@ -347,7 +347,7 @@ class FittedDetector:
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         verify_key: bytes | None = None,
     ) -> FittedDetector:
         """A model file back in memory. Without ``backbone`` the recorded backbone is

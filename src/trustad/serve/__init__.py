@@ -1,13 +1,12 @@
 """The HTTP service and web page (needs the ``serve`` extra: FastAPI, uvicorn,
-python-multipart)."""
+python-multipart, fastapi-offline, prometheus-client).
 
-from .app import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_UPLOAD_BYTES,
-    DEFAULT_REQUEST_SECONDS,
-    create_app,
-    decode_image,
-)
+The app is imported on first use, so that ``serve.defaults`` can be read without the extra.
+"""
+
+from typing import Any
+
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_REQUEST_SECONDS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -16,3 +15,11 @@ __all__ = [
     "create_app",
     "decode_image",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "decode_image"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

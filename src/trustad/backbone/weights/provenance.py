@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from ..dinov2 import CONFIGS
 
-DEFAULT_BACKBONE = "dinov2_vits14"
 # Official files with a published size and sha256: name -> (bytes, sha256).
 OFFICIAL_FILES: dict[str, tuple[int, str]] = {
     "dinov2_vits14": (

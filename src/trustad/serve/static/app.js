@@ -2,6 +2,13 @@
 // The web page: send one image to POST /predict?map=png and show the answer.
 
 const $ = (id) => document.getElementById(id);
+// The service's token (`trustad serve --token-file`), kept in this browser only.
+const TOKEN_KEY = "trustad-token";
+
+function authorization() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
 
 function fmt(value, digits) {
   if (value === null || value === undefined) return "not fitted";
@@ -12,8 +19,9 @@ function fmt(value, digits) {
 
 async function loadModelInfo() {
   try {
-    const r = await fetch("/model");
+    const r = await fetch("/model", { headers: authorization() });
     const m = await r.json();
+    if (!r.ok) throw new Error(m.error || `HTTP ${r.status}`);
     const w = m.backbone.weights;
     const parts = [
       `${m.backbone.name || "custom backbone"}`,
@@ -24,7 +32,7 @@ async function loadModelInfo() {
     if (w) parts.push(`weights ${w.sha256.slice(0, 12)}…`);
     $("model-info").textContent = parts.join(" · ");
   } catch (e) {
-    $("model-info").textContent = "model information unavailable";
+    $("model-info").textContent = `model information unavailable: ${e.message}`;
   }
 }
 
@@ -62,7 +70,7 @@ async function send(file) {
   const body = new FormData();
   body.append("file", file);
   try {
-    const r = await fetch("/predict?map=png", { method: "POST", body });
+    const r = await fetch("/predict?map=png", { method: "POST", body, headers: authorization() });
     const result = await r.json();
     if (!r.ok) throw new Error(result.error || `HTTP ${r.status}`);
     show(result, file);
@@ -85,5 +93,10 @@ drop.addEventListener("drop", (e) => {
   e.preventDefault();
   drop.classList.remove("over");
   if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]);
+});
+$("token").value = localStorage.getItem(TOKEN_KEY) || "";
+$("token").addEventListener("change", (e) => {
+  localStorage.setItem(TOKEN_KEY, e.target.value.trim());
+  loadModelInfo();
 });
 loadModelInfo();
