@@ -71,6 +71,11 @@ def test_upload_shows_probability_and_overlay(tmp_path):
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
             shown = driver.find_element(By.ID, "probability").text
             assert float(shown) == pytest.approx(want.probability, rel=1e-3)
+            interval = driver.find_element(By.ID, "probability-interval").text
+            low, high = want.probability_interval
+            assert interval.startswith("90 % credible interval") and f"{low:.4f}"[:4] in interval
+            reason = driver.find_element(By.ID, "flag-reason").text
+            assert reason == (want.flag_reason or "")
             gated = driver.find_element(By.ID, "gated_probability").text
             assert float(gated) == pytest.approx(want.gated_probability, rel=1e-3)
             assert driver.find_element(By.ID, "decision").text == (

@@ -42,6 +42,9 @@ function show(result, file) {
   for (const key of ["score", "probability", "gated_probability", "p_value", "entropy"]) {
     $(key).textContent = fmt(result[key]);
   }
+  const interval = result.probability_interval;
+  $("probability-interval").textContent = interval ?
+    `90 % credible interval ${fmt(interval[0])} to ${fmt(interval[1])}` : "";
   $("decision").textContent = result.decision === null ? "none" :
     (result.decision ? "anomalous" : "normal");
   $("decision-rule").textContent = result.decision_rule ?
@@ -54,6 +57,7 @@ function show(result, file) {
   v.className = "verdict " + (result.decision ? "bad" : "ok");
   v.textContent = result.decision === null ? `score ${fmt(result.score)}` :
     (result.decision ? "Anomalous" : "Normal");
+  $("flag-reason").textContent = result.flag_reason || "";
   if (result.flag) {
     const f = document.createElement("span");
     f.className = "flag";
