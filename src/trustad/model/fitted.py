@@ -212,7 +212,9 @@ class FittedDetector:
         loo = det.leave_one_out_distances(per_image)
         loo_scores = det.scores_from_distances(loo)
         loo_set = ScoredImages(loo, [f[0] for f in per_image], [v[0] for v in views], loo_scores)
-        cal_set, labels, recs = None, np.zeros(0), []
+        # The flags' normal reference: the normal calibration images, else the support
+        # images as scored leave-one-out.
+        reference, scores, labels, recs, normal_dists = loo_set, np.zeros(0), np.zeros(0), [], []
         if calibration:
             tensors, _ = det.runtime.preprocess(calibration)
             cal_feats = det.features(tensors)
@@ -223,19 +225,19 @@ class FittedDetector:
                 {**image_record(img, i), "label": int(lab)}
                 for i, (img, lab) in enumerate(zip(calibration, labels))
             ]
-            normal = [i for i, lab in enumerate(labels) if lab == 0]
             cal_set = ScoredImages(dists, cal_feats, tensors, det.scores_from_distances(dists))
-            cal_normal = cal_set.pick(normal)
-        # The flags' normal reference: the normal calibration images, else the support
-        # images as scored leave-one-out.
-        ref_set = cal_normal if cal_set is not None and normal else loo_set
+            scores = cal_set.scores
+            normal = cal_set.pick([i for i, lab in enumerate(labels) if lab == 0])
+            normal_dists = normal.distances
+            if normal_dists:
+                reference = normal
         self.calibrate(
-            np.zeros(0) if cal_set is None else cal_set.scores,
+            scores,
             labels,
             images=recs,
-            reference=ref_set.references(),
+            reference=reference.references(),
             leave_one_out_scores=loo_scores,
-            normal_distances=(cal_normal.distances if cal_set is not None else []) + loo,
+            normal_distances=normal_dists + loo,
         )
         return self
 
