@@ -61,8 +61,8 @@ def test_predict_with_a_saved_model_reproduces_scores_csv(dataset, tmp_path):
             assert pred.score == pytest.approx(float(row["score"]), abs=1e-6)
             assert float(row["probability"]) == float(row["prob_bayes"])  # the default
             lo, hi = pred.probability_interval
-            assert lo == pytest.approx(float(row["probability_low"]), abs=1e-6)
-            assert hi == pytest.approx(float(row["probability_high"]), abs=1e-6)
+            assert lo == pytest.approx(float(row["probability_interval_low"]), abs=1e-6)
+            assert hi == pytest.approx(float(row["probability_interval_high"]), abs=1e-6)
             assert lo <= pred.probability <= hi
             for name in FIELDS:
                 want, got = _number(row[name]), getattr(pred, name)

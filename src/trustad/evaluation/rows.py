@@ -89,8 +89,11 @@ def score_rows(
 def _interval_columns(fields: Assessment, i: int) -> dict[str, Any]:
     interval = fields.probability_interval
     if interval is None:
-        return {"probability_low": "", "probability_high": ""}
-    return {"probability_low": float(interval[i, 0]), "probability_high": float(interval[i, 1])}
+        return {"probability_interval_low": "", "probability_interval_high": ""}
+    return {
+        "probability_interval_low": float(interval[i, 0]),
+        "probability_interval_high": float(interval[i, 1]),
+    }
 
 
 def _csv_value(value: Any) -> Any:

@@ -28,8 +28,8 @@ SCORE_COLUMNS = (
     *SCORE_KEY_COLUMNS,
     *(f"prob_{c}" for c in cal.CALIBRATORS),
     *PREDICTION_COLUMNS,
-    "probability_low",
-    "probability_high",
+    "probability_interval_low",
+    "probability_interval_high",
 )
 DETECTION_COLUMNS = ("auroc", "ap", "f1_max", "g_mean")
 PIXEL_COLUMNS = ("pixel_auroc", "aupro")
