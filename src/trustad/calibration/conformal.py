@@ -45,7 +45,7 @@ class ConformalThreshold:
         if k > n:
             self.threshold_ = math.inf
             warnings.warn(
-                f"{n} normal calibration scores are too few for alpha={self.alpha}: at least "
+                f"{n} normal scores are too few for alpha={self.alpha}: at least "
                 f"{self.min_calibration_size(self.alpha)} are needed; nothing will be flagged",
                 stacklevel=2,
             )

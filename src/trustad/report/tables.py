@@ -238,7 +238,7 @@ def flag_rows(rows: Sequence[dict[str, Any]], per_category: bool = False) -> Tab
     ]
     title = (
         "Table 3b: attack flags, AUROC / TPR at the set false-flag rate, % "
-        "(thresholds from clean calibration images)"
+        "(thresholds from normal calibration images and their benign variants)"
     )
     return Table(_name("table3b_flags", per_category), title, header, body)
 
