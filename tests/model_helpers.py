@@ -92,3 +92,13 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def fit_cli(weights: Path, out: Path, normal: Path, *extra) -> int:
+    """`trustad fit` with the tiny backbone (registered by ``register_tiny_backbone``)."""
+    from trustad.cli import main
+
+    return main(
+        ["fit", "--normal", str(normal), "--out", str(out), "--resolution", str(RES)]
+        + ["--backbone", TINY_NAME, "--weights", str(weights), *map(str, extra)]
+    )

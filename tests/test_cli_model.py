@@ -7,7 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from model_helpers import RES, TINY_NAME, make_image, make_part_folders, register_tiny_backbone
+from model_helpers import (
+    RES,
+    TINY_NAME,
+    fit_cli,
+    make_image,
+    make_part_folders,
+    register_tiny_backbone,
+)
 from PIL import Image
 
 from trustad.cli import main
@@ -21,11 +28,7 @@ def setup(tmp_path, monkeypatch):
     return make_part_folders(tmp_path / "data"), weights, tmp_path
 
 
-def fit(weights, out, normal, *extra) -> int:
-    return main(
-        ["fit", "--normal", str(normal), "--out", str(out), "--resolution", str(RES)]
-        + ["--backbone", TINY_NAME, "--weights", str(weights), *map(str, extra)]
-    )
+fit = fit_cli
 
 
 def read_lines(path):

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from corpus import write_strip
-from model_helpers import RES, TINY_NAME, make_image, make_part_folders, register_tiny_backbone
+from model_helpers import (
+    RES,
+    TINY_NAME,
+    fit_cli,
+    make_image,
+    make_part_folders,
+    register_tiny_backbone,
+)
 
 from trustad.cli import build_parser, main
 
@@ -27,11 +34,7 @@ def setup(tmp_path, monkeypatch):
     return make_part_folders(tmp_path / "data"), weights, tmp_path
 
 
-def fit(weights, out, normal, *extra) -> int:
-    return main(
-        ["fit", "--normal", str(normal), "--out", str(out), "--resolution", str(RES)]
-        + ["--backbone", TINY_NAME, "--weights", str(weights), *map(str, extra)]
-    )
+fit = fit_cli
 
 
 def test_fit_refuses_an_unwritable_out_before_fitting(setup, capsys):
