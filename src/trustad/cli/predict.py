@@ -30,9 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="score images with a model file from `trustad fit`",
         description="Writes one record per image, as a JSON line or a CSV row (path, score, "
-        "probability, p_value, decision, entropy, flag, gated_probability; error for a file "
-        "that cannot be read). Exits with status 1 when any image failed. Rerunning with the "
-        "same --out skips images already written.",
+        "probability, probability_interval, p_value, decision, entropy, flag, flag_reason, "
+        "gated_probability; error for a file that cannot be read). Exits with status 1 when "
+        "any image failed. Rerunning with the same --out skips images already written.",
     )
     p.add_argument(
         "model", help="model file written by `trustad fit`, or a file from `trustad export`"
