@@ -54,7 +54,7 @@ def test_prefetched_keeps_order_and_returns_read_errors():
     assert isinstance(out[3][1], ImageReadError) and "img3.png" in str(out[3][1])
 
 
-def test_an_unreadable_support_image_skips_only_the_units_that_draw_it(dataset, tmp_path):
+def test_an_unreadable_support_image_gives_way_to_the_next_readable_one(dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(dataset, root)
     broken = root / "brick" / "train" / "good" / "001.png"
@@ -64,24 +64,28 @@ def test_an_unreadable_support_image_skips_only_the_units_that_draw_it(dataset, 
     )
     run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
     rows = run.run()
-    # seed 0 draws img0 | img0, img1; seed 1 draws img1 | img2, img3.
-    assert sorted((r["seed"], r["shots"]) for r in rows) == [(0, 1), (1, 2)]
-    assert len(run.skipped) == 2 and all(str(broken) in m for m in run.skipped)
-    assert "2 shots, seed 0 skipped" in run.skipped[0]
-    assert "1 shots, seed 1 skipped" in run.skipped[1]
+    # Drawn from the readable img0, img2, img3: seed 0 img0 | img0, img2; seed 1 img2 |
+    # (4 images needed, 3 readable: skipped).
+    assert sorted((r["seed"], r["shots"]) for r in rows) == [(0, 1), (0, 2), (1, 1)]
+    left_out, skipped = run.skipped
+    assert "left out of the support draws" in left_out and str(broken) in left_out
+    assert "2 shots, seed 1 skipped: 3 readable training images are too few" in skipped
 
 
-def test_a_skipped_unit_names_every_unreadable_support_image(dataset, tmp_path):
+def test_every_unreadable_support_image_is_named_at_once(dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(dataset, root)
     broken = [root / "brick" / "train" / "good" / f"00{i}.png" for i in (2, 3)]
     for path in broken:
         path.write_bytes(b"not a png")
     settings = EvaluationSettings(
-        dataset="folder", root=str(root), shots=[2], seeds=2, resolution=56, batch_size=4
+        dataset="folder", root=str(root), shots=[1], seeds=3, resolution=56, batch_size=4
     )
     run = Evaluation(settings, make_tiny_vit(), tmp_path / "out", progress=False)
-    run.run()
-    # seed 1 of 2 shots draws img2 and img3: both named in the one message
-    (message,) = run.skipped
-    assert "2 shots, seed 1 skipped" in message and all(str(p) in message for p in broken)
+    rows = run.run()
+    # seed 2 draws img2, unreadable, then img3, unreadable: both named in one message, and
+    # with 2 readable images left seed 2 cannot be drawn.
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    left_out = run.skipped[0]
+    assert all(str(p) in left_out for p in broken)
+    assert "1 shots, seed 2 skipped" in run.skipped[1]

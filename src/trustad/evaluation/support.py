@@ -7,6 +7,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,33 +80,49 @@ def readable_support(
     skip: Callable[[str], None],
     pending: list[ConditionGroup],
 ) -> list[ConditionGroup]:
-    """The pending units whose support images can all be read; the others are skipped
-    and said so (naming every unreadable file of the drawn support set). Every support image's
+    """The pending units with their support sets drawn from the readable training images:
+    an unreadable image is left out of the draw (said so, naming it) and the next readable
+    one takes its place, as for unreadable test images. A (shots, seed) for which too few
+    readable images remain is skipped, naming every unreadable file. Every support image's
     features are computed here, its views prepared ahead in worker threads."""
-    drawn = {
-        (seed, k): support_paths(st.data.train, k, seed)
-        for seed, k in sorted({(seed, k) for seed, _, _, shots in pending for k in shots})
-    }
-    every = dict.fromkeys(p for paths in drawn.values() for p in paths)
-    missing = [p for p in every if p not in st.support_features]
-    failed: dict[Path, ImageReadError] = {}
-    with log.bar(f"[{st.category}] support features", len(missing)) as bar:
-        for path, views in prefetched(det.support_views, missing):
-            if isinstance(views, ImageReadError):
-                failed[path] = views
-            else:
-                st.support_features[path] = runtime.features(views)
-            bar.update()
-    unreadable = set()
-    for (seed, k), paths in drawn.items():
-        bad = [p for p in paths if p in failed]
-        if bad:  # every unreadable image of the drawn set, so that one fix is enough
-            unreadable.add((seed, k))
-            reasons = "; ".join(f"support {failed[p]}" for p in bad)
-            skip(f"[{st.category}] {k} shots, seed {seed} skipped: {reasons}")
+    wanted = sorted({(seed, k) for seed, _, _, shots in pending for k in shots})
+    train, failed = list(st.data.train), {}
+    while True:  # each round reads the images the current draw adds
+        drawn = {key: _draw(train, key) for key in wanted}
+        every = dict.fromkeys(p for paths in drawn.values() if paths for p in paths)
+        missing = [p for p in every if p not in st.support_features and p not in failed]
+        if not missing:
+            break
+        with log.bar(f"[{st.category}] support features", len(missing)) as bar:
+            for path, views in prefetched(det.support_views, missing):
+                if isinstance(views, ImageReadError):
+                    failed[path] = views
+                else:
+                    st.support_features[path] = runtime.features(views)
+                bar.update()
+        train = [p for p in train if p not in failed]
+    if failed:
+        reasons = "; ".join(f"support {failed[p]}" for p in failed)
+        skip(f"[{st.category}] left out of the support draws: {reasons}")
+        st.data = replace(st.data, train=tuple(train))
     out = []
     for seed, cond, eps, shots in pending:
-        kept = [k for k in shots if (seed, k) not in unreadable]
+        kept = [k for k in shots if drawn[seed, k] is not None]
         if kept:
             out.append(ConditionGroup(seed, cond, eps, kept))
+    for (seed, k), paths in drawn.items():
+        if paths is None:
+            skip(
+                f"[{st.category}] {k} shots, seed {seed} skipped: {len(train)} readable "
+                f"training images are too few for it ({len(failed)} unreadable)"
+            )
     return out
+
+
+def _draw(train: list[Path], key: tuple[int, int]) -> list[Path] | None:
+    """The support set of (seed, shots) from ``train``; None when it is too small."""
+    seed, shots = key
+    try:
+        return support_paths(train, shots, seed)
+    except ValueError:
+        return None
