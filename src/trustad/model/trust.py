@@ -164,7 +164,7 @@ class TrustEngine:
         """Fit on calibration images' raw ``scores`` and ``labels`` (0 normal, 1 anomalous;
         None: all normal), the support images' ``leave_one_out_scores`` (each scored
         against a bank without it) and the flags' ``reference``: normal images as the fitted
-        ``detector`` sees them (see :func:`flag_reference`).
+        ``detector`` sees them (:class:`FlagReference`).
 
         Calibrators need both classes (with fewer, a fallback to the raw score keeps study
         metrics defined and the prediction has no probability). The conformal threshold is
@@ -228,8 +228,8 @@ class TrustEngine:
                 if variants is None:
                     variants = [v for r in reference for v in r.variants()]
                 # The envelope is a bound, not a sample: none of its variants is flagged.
-                envelope = max(float(flag.statistic(v).max()) for v in variants)
-                flag.threshold_ = max(flag.threshold_, envelope)
+                for v in variants:
+                    flag.threshold_ = max(flag.threshold_, float(flag.statistic(v).max()))
             self.flags_[name] = flag
 
     @property
